@@ -1,0 +1,274 @@
+"""Configuration: pydantic models, YAML + conf.d merge, errors that name file, key and line.
+
+This module is the only place that holds defaults. Everything else receives a frozen
+`Config` (or one of its sections) through its constructor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG_PATH = Path("/etc/edged/edged.yaml")
+DEFAULT_STATE_DIR = Path("/var/lib/edged")
+DEFAULT_RUNTIME_DIR = Path("/run/edged")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(Section):
+    uri: str = Field(
+        description="Video file path, camera index ('0'), V4L2 device ('/dev/video0') or "
+        "rtsp:// / http(s):// URL.",
+    )
+    name: str = Field("default", min_length=1, max_length=32, description="Source id in events.")
+    mode: Literal["paced", "lossless"] = Field(
+        "paced",
+        description="File sources only. paced: play at the file's (or `fps`) rate and drop "
+        "stale frames like a camera. lossless: wait for the detector, infer every frame.",
+    )
+    fps: float | None = Field(
+        None, gt=0, le=240, description="Pace for files / cap for cameras; None = native."
+    )
+    loop: bool = Field(False, description="File sources: start again at the end.")
+    classes: list[str] | None = Field(
+        None, description="Allow-list of class names to keep; None keeps every class."
+    )
+    min_score: float = Field(
+        0.0, ge=0, le=1, description="Extra per-source score floor applied after NMS."
+    )
+    reconnect_initial_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay.")
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Reconnect delay cap.")
+    max_width: int = Field(1920, ge=64, le=8192, description="Larger frames are downscaled.")
+    max_height: int = Field(1080, ge=64, le=8192, description="Larger frames are downscaled.")
+
+    @property
+    def kind(self) -> Literal["camera", "url", "file"]:
+        if self.uri.isdigit() or self.uri.startswith("/dev/video"):
+            return "camera"
+        if "://" in self.uri:
+            return "url"
+        return "file"
+
+
+class ModelConfig(Section):
+    path: Path = Field(description="ONNX model file (YOLOv5/YOLOv8/YOLO11 layout).")
+    names_file: Path | None = Field(
+        None, description="One class name per line; overrides names in the model metadata."
+    )
+    input_size: int | None = Field(
+        None,
+        ge=32,
+        le=2048,
+        multiple_of=32,
+        description="Square input side; None = the model's own (fixed shape or metadata).",
+    )
+    backend: Literal["onnxruntime"] = Field("onnxruntime", description="Inference backend.")
+    providers: list[Literal["cpu", "cuda", "tensorrt", "openvino"]] = Field(
+        default_factory=lambda: ["cpu"], min_length=1, description="ONNX Runtime EPs, in order."
+    )
+    intra_op_threads: int = Field(0, ge=0, le=64, description="0 = ONNX Runtime's default.")
+    inter_op_threads: int = Field(1, ge=0, le=64, description="0 = ONNX Runtime's default.")
+
+
+class DetectConfig(Section):
+    conf: float = Field(0.5, gt=0, le=1, description="Score threshold before NMS.")
+    iou: float = Field(0.45, gt=0, le=1, description="NMS IoU threshold (class-aware).")
+    max_det: int = Field(100, ge=1, le=1000, description="Detections kept per frame.")
+
+
+class QueueConfig(Section):
+    frame_slots: int = Field(4, ge=3, le=64, description="Capture->inference ring slots.")
+    result_slots: int = Field(
+        1024, ge=16, le=65536, description="Inference->sink ring slots (frames of detections)."
+    )
+
+
+class StoreConfig(Section):
+    path: Path = Field(DEFAULT_STATE_DIR / "events.db", description="SQLite database file.")
+    commit_interval_s: float = Field(1.0, gt=0, le=60, description="Max time between commits.")
+    commit_max_rows: int = Field(500, ge=1, le=100_000, description="Rows per transaction cap.")
+    record_detections: bool = Field(False, description="Also store every raw detection.")
+    event_gap_s: float = Field(
+        2.0, gt=0, le=3600, description="An object unseen this long ends its event."
+    )
+    event_iou: float = Field(
+        0.3, gt=0, le=1, description="Min IoU with an open event's last box to extend it."
+    )
+    retention_days: float = Field(30, gt=0, description="Rows older than this are deleted.")
+    max_db_mb: float = Field(1024, gt=0, description="Oldest rows are pruned above this size.")
+
+
+class LoggingConfig(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "console", "journal", "json"] = Field(
+        "auto", description="auto: journal under systemd, console on a TTY, json otherwise."
+    )
+
+
+class DaemonConfig(Section):
+    status_interval_s: float = Field(5.0, gt=0, le=3600, description="Status line period.")
+    runtime_dir: Path = Field(DEFAULT_RUNTIME_DIR, description="Status file location.")
+    stop_timeout_s: float = Field(
+        20.0, gt=0, le=600, description="Budget for a clean stop; workers are killed after it."
+    )
+
+
+class Config(Section):
+    source: SourceConfig
+    model: ModelConfig
+    detect: DetectConfig = DetectConfig()
+    queues: QueueConfig = QueueConfig()
+    store: StoreConfig = StoreConfig()
+    logging: LoggingConfig = LoggingConfig()
+    daemon: DaemonConfig = DaemonConfig()
+
+    @field_validator("source")
+    @classmethod
+    def _reconnect_bounds(cls, source: SourceConfig) -> SourceConfig:
+        if source.reconnect_initial_s > source.reconnect_max_s:
+            raise ValueError("reconnect_initial_s must not exceed reconnect_max_s")
+        return source
+
+    @model_validator(mode="after")
+    def _lossless_needs_file(self) -> Config:
+        if self.source.mode == "lossless" and self.source.kind != "file":
+            raise ValueError("source.mode 'lossless' only applies to video files")
+        return self
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; str() is one line naming file, key, line and the fix."""
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: Config
+    files: tuple[Path, ...]
+
+
+def config_files(path: Path) -> list[Path]:
+    """The main file then `conf.d/*.yaml` beside it, in name order."""
+    conf_d = path.parent / "conf.d"
+    extra = sorted(conf_d.glob("*.yaml")) if conf_d.is_dir() else []
+    return [path, *extra]
+
+
+def load_config(path: Path = DEFAULT_CONFIG_PATH) -> LoadedConfig:
+    """Read, merge and validate; raises ConfigError with a one-line message."""
+    files = config_files(path)
+    merged: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], tuple[Path, int]] = {}
+    for file in files:
+        data, lines = _read_yaml(file)
+        _resolve_paths(data, file.parent)
+        _deep_merge(merged, data)
+        origins.update({key: (file, line) for key, line in lines.items()})
+    try:
+        return LoadedConfig(Config.model_validate(merged), tuple(files))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origins, files[0])) from None
+
+
+def _read_yaml(file: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read config ({exc.strerror})") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}" if mark else str(file)
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{where}: {problem}; fix the YAML syntax") from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}:1: top level must be a mapping of sections (source:, model:)")
+    return data, dict(_key_lines(node, ()))
+
+
+def _key_lines(node: yaml.Node, prefix: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], int]]:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = (*prefix, str(key.value))
+            yield path, key.start_mark.line + 1
+            yield from _key_lines(value, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            path = (*prefix, str(index))
+            yield path, item.start_mark.line + 1
+            yield from _key_lines(item, path)
+
+
+# Relative paths in a config file mean "next to this file": systemd starts us in /.
+_PATH_KEYS = {("model", "path"), ("model", "names_file"), ("store", "path"),
+              ("daemon", "runtime_dir")}
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    for section, key in _PATH_KEYS:
+        value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            data[section][key] = str((base / value).resolve())
+    source = data.get("source")
+    if isinstance(source, dict) and isinstance(source.get("uri"), str):
+        uri = source["uri"]
+        if "://" not in uri and not uri.isdigit() and not Path(uri).is_absolute():
+            source["uri"] = str((base / uri).resolve())
+
+
+def _deep_merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _describe(
+    exc: ValidationError, origins: dict[tuple[str, ...], tuple[Path, int]], main: Path
+) -> str:
+    parts = []
+    for error in exc.errors():
+        loc = tuple(str(part) for part in error["loc"])
+        file, line = main, None
+        for cut in range(len(loc), 0, -1):
+            if loc[:cut] in origins:
+                file, line = origins[loc[:cut]]
+                break
+        where = f"{file}:{line}" if line else str(file)
+        key = ".".join(loc) or "(top level)"
+        parts.append(f"{where}: {key}: {_explain(error)}")
+    return "; ".join(parts)
+
+
+def _explain(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key; remove it or check its spelling (see `edged check-config --help`)"
+    if kind == "missing":
+        return "required key is missing"
+    given = error.get("input")
+    shown = repr(given) if not isinstance(given, dict) else "a mapping"
+    return f"{error['msg']} (got {shown})"
+
+
+def redact_uri(uri: str) -> str:
+    """rtsp://user:secret@host/x -> rtsp://user:***@host/x (credentials never reach logs)."""
+    scheme, sep, rest = uri.partition("://")
+    authority, slash, path = rest.partition("/")
+    if not sep or "@" not in authority:
+        return uri
+    creds, _, host = authority.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{slash}{path}"

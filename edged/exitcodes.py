@@ -1,0 +1,11 @@
+"""Process exit codes (sysexits.h names), shared by the CLI, supervisor and unit file."""
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    USAGE = 64  # EX_USAGE: bad command line
+    UNAVAILABLE = 69  # EX_UNAVAILABLE: source or model unavailable at start
+    SOFTWARE = 70  # EX_SOFTWARE: internal error or crash loop
+    CONFIG = 78  # EX_CONFIG: invalid configuration

@@ -1,0 +1,1 @@
+"""Pixels to detections: letterbox, output decoding, NMS, the detector that joins them."""
