@@ -1,1 +1,1 @@
-"""ipc."""
+"""Everything processes share: shared-memory segments, rings and the control block."""

@@ -1,0 +1,231 @@
+"""`edged` command line: run the daemon, check config, query events, detect, bench, models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from edged import __version__
+from edged.config import DEFAULT_CONFIG_PATH, Config, ConfigError, LoggingConfig, load_config
+from edged.exitcodes import ExitCode
+
+
+def _config_path(value: str | None) -> Path:
+    return Path(value or os.environ.get("EDGED_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def _fail(code: ExitCode, message: str) -> int:
+    print(f"edged: {message}", file=sys.stderr)
+    return int(code)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edged.backends.base import ModelUnavailable
+    from edged.logging import setup_logging
+    from edged.preflight import SourceUnavailable, check
+    from edged.supervisor import RunOptions, Supervisor
+
+    config = load_config(_config_path(args.config)).config
+    setup_logging(config.logging, "supervisor")
+    try:
+        names = check(config)
+    except (ModelUnavailable, SourceUnavailable) as exc:
+        return _fail(ExitCode.UNAVAILABLE, str(exc))
+    options = RunOptions(duration_s=args.duration, max_frames=args.max_frames)
+    return Supervisor(config, names, options).run()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    loaded = load_config(_config_path(args.path))
+    print(f"# valid; merged from: {', '.join(str(f) for f in loaded.files)}")
+    print(json.dumps(loaded.config.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from edged.store.queries import parse_since, query_events
+
+    db = Path(args.db) if args.db else load_config(_config_path(args.config)).config.store.path
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        return _fail(ExitCode.USAGE, f"--since: {exc}")
+    if not db.exists():
+        return _fail(ExitCode.UNAVAILABLE, f"{db}: no event database yet; has edged run?")
+    rows = query_events(db, since=since, label=args.label, source=args.source, limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for row in rows:
+        print(_event_line(row))
+    return 0
+
+
+def _event_line(row: dict[str, object]) -> str:
+    import datetime as dt
+
+    first = dt.datetime.fromtimestamp(float(row["first_seen"]))  # type: ignore[arg-type]
+    duration = float(row["last_seen"]) - float(row["first_seen"])  # type: ignore[arg-type]
+    box = ",".join(f"{float(row[k]):.0f}" for k in ("x1", "y1", "x2", "y2"))  # type: ignore[arg-type]
+    return (f"{row['id']:>6}  {first:%Y-%m-%d %H:%M:%S}  {duration:6.1f}s  {row['source']}  "
+            f"{row['label']:<12} score={float(row['best_score']):.2f} "  # type: ignore[arg-type]
+            f"hits={row['hits']} box={box}")
+
+
+def _model_config(args: argparse.Namespace) -> Config | None:
+    """The configured model, or one given by --model (no config file needed)."""
+    path = _config_path(args.config)
+    if args.model is None or args.config is not None or path.exists():
+        return load_config(path).config
+    return None
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from edged.backends.base import ModelUnavailable
+    from edged.tools.detect import detect_command
+
+    try:
+        return detect_command(args, _model_config(args))
+    except ModelUnavailable as exc:
+        return _fail(ExitCode.UNAVAILABLE, str(exc))
+
+
+def cmd_bench_model(args: argparse.Namespace) -> int:
+    from edged.backends.base import ModelUnavailable
+    from edged.tools.bench import bench_model, format_bench_table
+    from edged.tools.detect import model_settings
+
+    model, _ = model_settings(args, _model_config(args))
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else []
+    try:
+        result = bench_model(model, sizes, args.runs, args.warmup,
+                             Path(args.image) if args.image else None)
+    except ModelUnavailable as exc:
+        return _fail(ExitCode.UNAVAILABLE, str(exc))
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+        print(format_bench_table(result))
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def cmd_model_import_darknet(args: argparse.Namespace) -> int:
+    from edged.tools.darknet import DarknetImportError, import_darknet
+    from edged.tools.model_info import describe_model
+
+    cfg = Path(args.cfg)
+    names = Path(args.names) if args.names else None
+    try:
+        out = import_darknet(cfg, Path(args.weights), Path(args.out), names)
+    except (DarknetImportError, OSError) as exc:
+        return _fail(ExitCode.UNAVAILABLE, str(exc))
+    info = describe_model(out)
+    print(f"wrote {out} ({info['size_bytes'] / 1e6:.1f} MB, {info['num_classes']} classes, "
+          f"output {info['outputs'][0]['shape']}, sha256 {info['sha256'][:12]})")
+    return 0
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from edged.tools.model_info import ModelInfoError, describe_model, format_model_info
+
+    try:
+        info = describe_model(Path(args.file))
+    except ModelInfoError as exc:
+        return _fail(ExitCode.UNAVAILABLE, str(exc))
+    print(json.dumps(info, indent=2) if args.json else format_model_info(info))
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    import onnxruntime
+
+    print(f"edged {__version__} (onnxruntime {onnxruntime.__version__})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edged", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", help=f"config file (default {DEFAULT_CONFIG_PATH}, $EDGED_CONFIG)")
+    run.add_argument("--duration", type=float, metavar="S", help="stop cleanly after S seconds")
+    run.add_argument("--max-frames", type=int, metavar="N", help="stop after N captured frames")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate and print the effective config")
+    check.add_argument("path", nargs="?", help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    check.set_defaults(func=cmd_check_config)
+
+    events = sub.add_parser("events", help="list stored events, newest first")
+    events.add_argument("--config")
+    events.add_argument("--db", help="event database (default: store.path from the config)")
+    events.add_argument("--since", help="10m, 2h, 3d or an ISO time")
+    events.add_argument("--label")
+    events.add_argument("--source")
+    events.add_argument("--limit", type=int, default=100)
+    events.add_argument("--json", action="store_true")
+    events.set_defaults(func=cmd_events)
+
+    detect = sub.add_parser("detect", help="one-shot detection on an image or video")
+    detect.add_argument("input", help="image or video file")
+    _model_args(detect)
+    detect.add_argument("--conf", type=float, help="score threshold (default: config)")
+    detect.add_argument("--max-frames", type=int, default=0, help="video: stop after N frames")
+    detect.add_argument("--json", action="store_true")
+    detect.set_defaults(func=cmd_detect)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    bench_model = bench_sub.add_parser("model", help="latency of the model (warm-up + N runs)")
+    _model_args(bench_model)
+    bench_model.add_argument("--sizes", help="input sizes, e.g. 416,320 (default: the model's)")
+    bench_model.add_argument("--runs", type=int, default=100)
+    bench_model.add_argument("--warmup", type=int, default=10)
+    bench_model.add_argument("--image", help="image to letterbox as input (default: synthetic)")
+    bench_model.add_argument("--out", help="write JSON here and print a table")
+    bench_model.set_defaults(func=cmd_bench_model)
+
+    model = sub.add_parser("model", help="model tools")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    imp = model_sub.add_parser("import-darknet", help="darknet cfg + weights -> ONNX")
+    imp.add_argument("cfg")
+    imp.add_argument("weights")
+    imp.add_argument("out")
+    imp.add_argument("--names", help="class names file (default: coco.names beside the cfg)")
+    imp.set_defaults(func=cmd_model_import_darknet)
+    info = model_sub.add_parser("info", help="inputs, outputs, layout, classes, size")
+    info.add_argument("file")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_model_info)
+
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(func=cmd_version)
+    return parser
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="take model settings from this config file")
+    parser.add_argument("--model", help="ONNX model (default: model.path from the config)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        return _fail(ExitCode.CONFIG, str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The control block: one small shared-memory table of heartbeats, states and counters.
+
+Every word has exactly one writer (a worker stamps its own row and its own counters; the
+supervisor writes states and stop requests), so no locks are needed: aligned 8-byte stores
+are atomic on every platform we run on.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import IntEnum
+
+import numpy as np
+
+from edged.ipc.segment import Segment
+
+
+class Worker(IntEnum):
+    CAPTURE = 0
+    INFERENCE = 1
+    SINK = 2
+
+    @property
+    def title(self) -> str:
+        return self.name.lower()
+
+
+class WorkerState(IntEnum):
+    """Lifecycle of a worker as the supervisor sees it (supervisord's states)."""
+
+    STOPPED = 0
+    STARTING = 1  # spawned; loading a model / opening a source
+    RUNNING = 2  # its work loop is stamping heartbeats
+    BACKOFF = 3  # exited unexpectedly; waiting before the next start
+    STOPPING = 4  # asked to stop; draining
+    EXITED = 5  # stopped after a stop request
+    FATAL = 6  # gave up restarting
+
+
+class Slot(IntEnum):
+    """Per-worker words."""
+
+    PID = 0
+    STATE = 1  # WorkerState, written by the supervisor
+    HEARTBEAT_NS = 2  # monotonic, stamped by the worker's own loop
+    PROGRESS = 3  # frames read / inferred / records consumed
+    STARTED_NS = 4
+    BUSY_SINCE_NS = 5  # inference: when the current run started; 0 when idle
+    STOP = 6  # 1 = supervisor asks the worker to finish and exit
+    LOOP_READY = 7  # 1 once the worker entered its work loop (model loaded, DB open)
+
+
+class Counter(IntEnum):
+    """Global counters, each with one writer (named in the comment)."""
+
+    FRAMES_CAPTURED = 0  # capture
+    SOURCE_UP = 1  # capture: 1 while the source delivers frames
+    RECONNECTS = 2  # capture
+    FRAMES_INFERRED = 3  # inference
+    INFER_US_TOTAL = 4  # inference: sum of backend time, for interval averages
+    INFER_US_LAST = 5  # inference
+    RESULTS_EMITTED = 6  # inference: records put on the result ring
+    DETECTIONS_EMITTED = 7  # inference
+    INPUT_SIZE = 8  # inference: current model input side
+    RESULTS_CONSUMED = 9  # sink
+    RESULT_OVERFLOWS = 10  # sink: records lost to a full result ring
+    EVENTS_COMMITTED = 11  # sink
+    ROWS_COMMITTED = 12  # sink
+    DB_BYTES = 13  # sink
+    SOURCE_FPS_MILLI = 14  # capture: the source's nominal fps x 1000
+
+
+_SLOT_WORDS = 16
+_COUNTER_WORDS = 32
+
+
+class ControlBlock:
+    def __init__(self, segment: Segment) -> None:
+        self.segment = segment
+        self._slots = segment.array(np.int64, len(Worker) * _SLOT_WORDS, 0).reshape(
+            len(Worker), _SLOT_WORDS)
+        self._counters = segment.array(
+            np.int64, _COUNTER_WORDS, len(Worker) * _SLOT_WORDS * 8)
+
+    @staticmethod
+    def create(name: str) -> Segment:
+        return Segment.create(name, (len(Worker) * _SLOT_WORDS + _COUNTER_WORDS) * 8)
+
+    def get(self, worker: Worker, slot: Slot) -> int:
+        return int(self._slots[worker, slot])
+
+    def set(self, worker: Worker, slot: Slot, value: int) -> None:
+        self._slots[worker, slot] = value
+
+    def beat(self, worker: Worker, progress: int | None = None) -> None:
+        """Called by the worker's own loop each iteration (never by a helper thread)."""
+        self._slots[worker, Slot.HEARTBEAT_NS] = time.monotonic_ns()
+        if progress is not None:
+            self._slots[worker, Slot.PROGRESS] = progress
+
+    def state(self, worker: Worker) -> WorkerState:
+        return WorkerState(self.get(worker, Slot.STATE))
+
+    def stop_requested(self, worker: Worker) -> bool:
+        return bool(self._slots[worker, Slot.STOP])
+
+    def counter(self, counter: Counter) -> int:
+        return int(self._counters[counter])
+
+    def add(self, counter: Counter, delta: int = 1) -> None:
+        self._counters[counter] += delta
+
+    def put(self, counter: Counter, value: int) -> None:
+        self._counters[counter] = value

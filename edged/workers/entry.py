@@ -1,0 +1,29 @@
+"""The spawn target of every worker: dispatch to its module and turn errors into exit codes."""
+
+from __future__ import annotations
+
+import sys
+
+import structlog
+
+from edged.exitcodes import ExitCode
+from edged.ipc.control import Worker
+from edged.workers.base import WorkerArgs
+
+
+def main(args: WorkerArgs) -> None:
+    from edged.backends.base import ModelUnavailable
+    from edged.store.schema import StoreError
+    from edged.workers import capture, inference, sink
+
+    runners = {Worker.CAPTURE: capture.run, Worker.INFERENCE: inference.run, Worker.SINK: sink.run}
+    try:
+        code = runners[args.worker](args)
+    except (ModelUnavailable, StoreError) as exc:
+        # Retrying will not help: the supervisor stops with this code instead of looping.
+        structlog.get_logger().error("worker.unavailable", error=str(exc))
+        code = ExitCode.UNAVAILABLE
+    except Exception:
+        structlog.get_logger().exception("worker.crashed")
+        code = ExitCode.SOFTWARE
+    sys.exit(int(code))

@@ -1,0 +1,66 @@
+"""Sink worker: result ring -> SQLite events, in batched transactions."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from edged.ipc.control import ControlBlock, Counter, Slot, Worker
+from edged.ipc.results import ResultReader
+from edged.ipc.segment import Segment
+from edged.store.events import EventStore
+from edged.workers.base import WorkerArgs, setup_process
+
+log = structlog.get_logger()
+
+_ME = Worker.SINK
+_WAIT_S = 0.05
+_PRUNE_EVERY_S = 600.0
+
+
+def run(args: WorkerArgs) -> int:
+    control, stop = setup_process(args)
+    reader = ResultReader(Segment.attach(args.ipc.results))
+    cfg = args.config
+    store = EventStore.open(cfg.store.path, cfg.store)
+    names = list(args.class_names)
+    source = cfg.source.name
+    control.set(_ME, Slot.LOOP_READY, 1)
+    consumed = control.counter(Counter.RESULTS_CONSUMED)
+    overflows_seen = reader.ring.drops
+    next_prune = 0.0
+    try:
+        while True:
+            control.beat(_ME, consumed)
+            now = time.monotonic()
+            if now >= next_prune:
+                store.prune(time.time())
+                next_prune = now + _PRUNE_EVERY_S
+            result = reader.get(_WAIT_S)
+            if result is not None:
+                store.add_frame(source, result.frame_item, result.wall_ns / 1e9,
+                                result.detections, names)
+                consumed += 1
+                control.put(Counter.RESULTS_CONSUMED, consumed)
+            elif stop:
+                break  # stop only once the ring is empty: nothing emitted is lost
+            if reader.ring.drops != overflows_seen:
+                lost = reader.ring.drops - overflows_seen
+                overflows_seen = reader.ring.drops
+                control.add(Counter.RESULT_OVERFLOWS, lost)
+                log.error("sink.results_overflowed", lost=lost, total=overflows_seen)
+                store.add_system_event("error", what="result ring overflow", lost=lost)
+            if store.commit_due(time.monotonic()):
+                _publish(control, store)
+    finally:
+        store.close()
+        _publish(control, store)
+    log.info("sink.stopped", results_consumed=consumed,
+             events=control.counter(Counter.EVENTS_COMMITTED))
+    return 0
+
+
+def _publish(control: ControlBlock, store: EventStore) -> None:
+    control.put(Counter.EVENTS_COMMITTED, store.committed_events)
+    control.put(Counter.ROWS_COMMITTED, store.rows_committed)
