@@ -104,7 +104,8 @@ class Ring:
     def wait_for_room(self, timeout_s: float, should_stop: Callable[[], bool]) -> bool:
         """Lossless mode: wait until the reader has freed a slot; False on timeout/stop."""
         deadline = time.monotonic() + timeout_s
-        while self.written - self.read_cursor >= self.layout.nslots:
+        # N-1, not N: the reader treats the slot the writer will reuse next as unsafe.
+        while self.written - self.read_cursor >= self.layout.nslots - 1:
             if should_stop() or time.monotonic() >= deadline:
                 return False
             time.sleep(0.001)
