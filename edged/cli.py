@@ -219,6 +219,10 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from edged.logging import setup_logging
+
+    # One-shot commands keep stdout for their output; `run` reconfigures from its config.
+    setup_logging(LoggingConfig(level="warning"), "cli")
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -80,3 +80,11 @@ def setup_logging(cfg: LoggingConfig, process: str, stream: TextIO = sys.stderr)
     )
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(proc=process)
+    _quiet_opencv()
+
+
+def _quiet_opencv() -> None:
+    """OpenCV prints its own warnings to stderr; we report failures as events instead."""
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)

@@ -11,6 +11,7 @@ removed, and segments of a live owner are left alone.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import secrets
@@ -83,20 +84,16 @@ class Segment:
         return np.frombuffer(self._mm, dtype=dtype, count=count, offset=offset)
 
     def close(self) -> None:
-        try:
+        # BufferError: numpy views are still alive; the mapping goes away with them.
+        with contextlib.suppress(BufferError):
             self._mm.close()
-        except BufferError:
-            # numpy views still alive; the mapping goes away with them (and the process).
-            pass
 
     def unlink(self) -> None:
         """Remove the name; only the creator calls this."""
         if not self.owner:
             raise RuntimeError(f"segment {self.name} is not owned by this process")
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(SHM_DIR / self.name)
-        except FileNotFoundError:
-            pass
 
 
 def _pid_alive(pid: int) -> bool:

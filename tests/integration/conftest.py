@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -58,10 +59,8 @@ class Daemon:
     def kill_group(self) -> None:
         # SIGCONT first: a SIGSTOPped worker would otherwise never die and hang the suite.
         for signum in (signal.SIGCONT, signal.SIGKILL):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signum)
-            except ProcessLookupError:
-                pass
         self.proc.wait(10)
         self._log.close()
 
