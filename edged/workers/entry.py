@@ -13,7 +13,7 @@ from edged.workers.base import WorkerArgs
 
 def main(args: WorkerArgs) -> None:
     from edged.backends.base import ModelUnavailable
-    from edged.store.schema import StoreError
+    from edged.store import StoreError
     from edged.workers import capture, inference, sink
 
     runners = {Worker.CAPTURE: capture.run, Worker.INFERENCE: inference.run, Worker.SINK: sink.run}

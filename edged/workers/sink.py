@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import structlog
 
 from edged.ipc.control import ControlBlock, Counter, Slot, Worker
 from edged.ipc.results import ResultReader
 from edged.ipc.segment import Segment
+from edged.store import StoreError
 from edged.store.events import EventStore
 from edged.workers.base import WorkerArgs, setup_process
 
@@ -23,7 +25,7 @@ def run(args: WorkerArgs) -> int:
     control, stop = setup_process(args)
     reader = ResultReader(Segment.attach(args.ipc.results))
     cfg = args.config
-    store = EventStore.open(cfg.store.path, cfg.store)
+    store = EventStore.open(cfg.store.path, cfg.store)  # StoreError here: exit 69
     names = list(args.class_names)
     source = cfg.source.name
     control.set(_ME, Slot.LOOP_READY, 1)
@@ -35,8 +37,8 @@ def run(args: WorkerArgs) -> int:
             control.beat(_ME, consumed)
             now = time.monotonic()
             if now >= next_prune:
-                store.prune(time.time())
                 next_prune = now + _PRUNE_EVERY_S
+                _guarded(store.prune, time.time())
             result = reader.get(_WAIT_S)
             if result is not None:
                 store.add_frame(source, result.frame_item, result.wall_ns / 1e9,
@@ -51,7 +53,7 @@ def run(args: WorkerArgs) -> int:
                 control.add(Counter.RESULT_OVERFLOWS, lost)
                 log.error("sink.results_overflowed", lost=lost, total=overflows_seen)
                 store.add_system_event("error", what="result ring overflow", lost=lost)
-            if store.commit_due(time.monotonic()):
+            if _guarded(store.commit_due, time.monotonic()):
                 _publish(control, store)
     finally:
         store.close()
@@ -61,6 +63,16 @@ def run(args: WorkerArgs) -> int:
     return 0
 
 
+def _guarded(step: Callable[[float], int], arg: float) -> int:
+    """Run a store step; a failure is logged and retried later, never fatal to the loop."""
+    try:
+        return int(step(arg))
+    except StoreError as exc:
+        log.error("sink.store_failed", step=getattr(step, "__name__", "?"), error=str(exc))
+        return 0
+
+
 def _publish(control: ControlBlock, store: EventStore) -> None:
     control.put(Counter.EVENTS_COMMITTED, store.committed_events)
     control.put(Counter.ROWS_COMMITTED, store.rows_committed)
+    control.put(Counter.DB_BYTES, int(store.stats()["db_bytes"] or 0))
