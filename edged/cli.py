@@ -28,14 +28,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edged.preflight import SourceUnavailable, check
     from edged.supervisor import RunOptions, Supervisor
 
-    config = load_config(_config_path(args.config)).config
+    import faulthandler
+
+    path = _config_path(args.config)
+    config = load_config(path).config
     setup_logging(config.logging, "supervisor")
+    faulthandler.enable()  # a watchdog SIGABRT leaves the stack in the journal
     try:
-        names = check(config)
+        config, facts = check(config)
     except (ModelUnavailable, SourceUnavailable) as exc:
         return _fail(ExitCode.UNAVAILABLE, str(exc))
     options = RunOptions(duration_s=args.duration, max_frames=args.max_frames)
-    return Supervisor(config, names, options).run()
+    return Supervisor(config, path, facts, options, preflight=check).run()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from edged.status import format_status, read_status_file
+
+    runtime_dir = Path(args.runtime_dir) if args.runtime_dir else \
+        load_config(_config_path(args.config)).config.daemon.runtime_dir
+    doc = read_status_file(runtime_dir)
+    if doc is None:
+        print(f"edged is not running (no live status in {runtime_dir})", file=sys.stderr)
+        return 3  # LSB: program is not running
+    print(json.dumps(doc, indent=1) if args.json else format_status(doc))
+    return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -159,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=float, metavar="S", help="stop cleanly after S seconds")
     run.add_argument("--max-frames", type=int, metavar="N", help="stop after N captured frames")
     run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="state of the running daemon (exit 3: not running)")
+    status.add_argument("--config")
+    status.add_argument("--runtime-dir", help="default: daemon.runtime_dir from the config")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
 
     check = sub.add_parser("check-config", help="validate and print the effective config")
     check.add_argument("path", nargs="?", help=f"config file (default {DEFAULT_CONFIG_PATH})")

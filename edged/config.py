@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edged.governor_config import ThermalConfig, TrackerConfig
+
 DEFAULT_CONFIG_PATH = Path("/etc/edged/edged.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/edged")
 DEFAULT_RUNTIME_DIR = Path("/run/edged")
@@ -44,6 +46,9 @@ class SourceConfig(Section):
     min_score: float = Field(
         0.0, ge=0, le=1, description="Extra per-source score floor applied after NMS."
     )
+    timeout_s: float = Field(
+        10.0, gt=0, le=300, description="No frame for this long: reconnect (no worker restart)."
+    )
     reconnect_initial_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay.")
     reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Reconnect delay cap.")
     max_width: int = Field(1920, ge=64, le=8192, description="Larger frames are downscaled.")
@@ -70,12 +75,43 @@ class ModelConfig(Section):
         multiple_of=32,
         description="Square input side; None = the model's own (fixed shape or metadata).",
     )
-    backend: Literal["onnxruntime"] = Field("onnxruntime", description="Inference backend.")
+    backend: Literal["auto", "onnxruntime", "tensorrt", "ncnn"] = Field(
+        "auto",
+        description="auto: TensorRT when it imports and a GPU is present, NCNN on ARM when the "
+        "model has an NCNN twin, ONNX Runtime otherwise. A backend named explicitly that "
+        "cannot run is an error (exit 69), never a fallback.",
+    )
     providers: list[Literal["cpu", "cuda", "tensorrt", "openvino"]] = Field(
         default_factory=lambda: ["cpu"], min_length=1, description="ONNX Runtime EPs, in order."
     )
     intra_op_threads: int = Field(0, ge=0, le=64, description="0 = ONNX Runtime's default.")
     inter_op_threads: int = Field(1, ge=0, le=64, description="0 = ONNX Runtime's default.")
+    io_binding: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="ONNX Runtime I/O binding into a preallocated output; auto = on for GPU "
+        "providers (saves the device->host staging copy), off on CPU (nothing to save).",
+    )
+    ort_optimized_cache: bool = Field(
+        False,
+        description="Keep ONNX Runtime's optimized graph in cache_dir and load it next start "
+        "(keyed by model sha256, onnxruntime version and CPU, so a stale file is never used).",
+    )
+    cache_dir: Path = Field(
+        DEFAULT_STATE_DIR / "cache",
+        description="TensorRT engines + timing cache, ORT optimized models.",
+    )
+    ncnn_threads: int = Field(0, ge=0, le=64, description="NCNN threads; 0 = usable cores.")
+    trt_precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp16",
+        description="TensorRT engine precision; fp16 falls back to fp32 (logged) where the GPU "
+        "has no fast FP16; int8 needs a calibration cache (edged build-engine --calib-*).",
+    )
+    trt_workspace_mb: int = Field(
+        1024, ge=16, le=65536, description="TensorRT builder workspace memory pool limit."
+    )
+    trt_calibration_cache: Path | None = Field(
+        None, description="INT8 calibration cache written by `edged build-engine`."
+    )
 
 
 class DetectConfig(Section):
@@ -121,6 +157,36 @@ class DaemonConfig(Section):
     )
 
 
+class WatchdogConfig(Section):
+    capture_stall_s: float = Field(
+        20.0, gt=0, le=600, description="Capture heartbeat older than this: stalled."
+    )
+    inference_stall_s: float = Field(
+        15.0, gt=0, le=600, description="Inference heartbeat older than this: stalled."
+    )
+    sink_stall_s: float = Field(
+        30.0, gt=0, le=600, description="Sink heartbeat older than this: stalled."
+    )
+    inference_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="One inference running longer than this: stalled."
+    )
+    startup_grace_s: float = Field(
+        120.0, gt=0, le=3600,
+        description="Allowed silence while a worker starts (model load, engine build).",
+    )
+    kill_grace_s: float = Field(3.0, gt=0, le=60, description="SIGTERM, then SIGKILL after.")
+    backoff_initial_s: float = Field(0.5, gt=0, le=60, description="First restart delay.")
+    backoff_max_s: float = Field(30.0, gt=0, le=600, description="Restart delay cap.")
+    max_restarts: int = Field(
+        5, ge=1, le=100, description="More restarts of one worker within the window: exit 70."
+    )
+    restart_window_s: float = Field(60.0, gt=0, le=86400, description="Crash-loop window.")
+    unhealthy_budget_s: float = Field(
+        300.0, gt=0, le=86400,
+        description="A worker not running for longer than this withholds WATCHDOG=1.",
+    )
+
+
 class Config(Section):
     source: SourceConfig
     model: ModelConfig
@@ -129,6 +195,14 @@ class Config(Section):
     store: StoreConfig = StoreConfig()
     logging: LoggingConfig = LoggingConfig()
     daemon: DaemonConfig = DaemonConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
+    thermal: ThermalConfig = ThermalConfig()
+    tracker: TrackerConfig = TrackerConfig()
+    models: dict[int, Path] = Field(
+        default_factory=dict,
+        description="Optional fixed-size models per input size ({320: m320.onnx}) for the "
+        "thermal ladder; a dynamic-shape model.path needs none.",
+    )
 
     @field_validator("source")
     @classmethod
@@ -141,6 +215,13 @@ class Config(Section):
     def _lossless_needs_file(self) -> Config:
         if self.source.mode == "lossless" and self.source.kind != "file":
             raise ValueError("source.mode 'lossless' only applies to video files")
+        return self
+
+    @model_validator(mode="after")
+    def _capture_stall_outlasts_source_timeout(self) -> Config:
+        # A read may block for up to source.timeout_s; that is a reconnect, not a stall.
+        if self.watchdog.capture_stall_s <= self.source.timeout_s:
+            raise ValueError("watchdog.capture_stall_s must exceed source.timeout_s")
         return self
 
 
@@ -212,7 +293,7 @@ def _key_lines(node: yaml.Node, prefix: tuple[str, ...]) -> Iterator[tuple[tuple
 
 # Relative paths in a config file mean "next to this file": systemd starts us in /.
 _PATH_KEYS = {("model", "path"), ("model", "names_file"), ("store", "path"),
-              ("daemon", "runtime_dir")}
+              ("daemon", "runtime_dir"), ("thermal", "sysfs_root"), ("thermal", "vcgencmd_path")}
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
@@ -220,6 +301,11 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
         if isinstance(value, str) and value and not Path(value).is_absolute():
             data[section][key] = str((base / value).resolve())
+    models = data.get("models")
+    if isinstance(models, dict):
+        for size, value in models.items():
+            if isinstance(value, str) and not Path(value).is_absolute():
+                models[size] = str((base / value).resolve())
     source = data.get("source")
     if isinstance(source, dict) and isinstance(source.get("uri"), str):
         uri = source["uri"]

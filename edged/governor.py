@@ -193,7 +193,7 @@ class Governor:
 
     def _step_load(self, now: float) -> str | None:
         cfg = self._cfg
-        if self._level == _CRITICAL:
+        if self._level == _CRITICAL or not cfg.load_shedding:
             return None
         elapsed = now - self._load_since
         if self._drop_rate >= cfg.load_high_drop_rate and elapsed >= cfg.load_step_s:

@@ -104,6 +104,9 @@ class ThermalConfig(Section):
         default_factory=_default_modes,
         description="Settings of high, medium and low, in this order.",
     )
+    load_shedding: bool = Field(
+        True, description="React to frame drops too (skip more, then lower resolution)."
+    )
     load_high_drop_rate: float = Field(
         0.2,
         gt=0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import structlog
 
@@ -42,6 +43,26 @@ class Notifier:
 
     def stopping(self) -> bool:
         return self.send("STOPPING=1")
+
+    def reloading(self) -> bool:
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.send("RELOADING=1", f"MONOTONIC_USEC={usec}")
+
+    def watchdog(self) -> bool:
+        return self.send("WATCHDOG=1")
+
+    def extend_timeout(self, seconds: float) -> bool:
+        return self.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}")
+
+    @staticmethod
+    def watchdog_interval_s() -> float | None:
+        """A third of systemd's WatchdogSec (WATCHDOG_USEC), when it is meant for us: one
+        late tick (a reload reading the model) must not cost the last ping of slack."""
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        pid = os.environ.get("WATCHDOG_PID", "")
+        if not usec.isdigit() or (pid and pid != str(os.getpid())):
+            return None
+        return int(usec) / 3e6
 
     def close(self) -> None:
         if self._sock is not None:

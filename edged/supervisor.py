@@ -1,82 +1,92 @@
-"""The supervisor: owns the workers' lifecycle, signals, sd_notify and the status line.
+"""The supervisor: owns the workers' lifecycle, signals, the watchdog and sd_notify.
 
-Its main loop is a short fixed sequence per tick (signals -> reap -> readiness -> status ->
-limits); shutdown runs once, after the loop, in pipeline order so nothing in flight is lost.
+Its main loop is a short fixed sequence per tick (signals -> reap -> watchdog -> readiness ->
+status -> limits); shutdown runs once, after the loop, in pipeline order so nothing in
+flight is lost.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import signal
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 import structlog
 
-from edged.config import Config, redact_uri
+from edged.config import Config, ConfigError, load_config, redact_uri
 from edged.exitcodes import ExitCode
+from edged.governor_loop import GovernorLoop
+from edged.ipc.config_channel import ConfigChannel, create_config_channel
 from edged.ipc.control import ControlBlock, Counter, Worker, WorkerState
 from edged.ipc.frames import create_frame_ring
 from edged.ipc.results import create_result_ring
 from edged.ipc.ring import Ring
 from edged.ipc.segment import Segment, new_run_id, remove_stale_segments, segment_name
 from edged.notify import Notifier
-from edged.status import Rates, rates, read_temperature_c, sample
-from edged.watchdog import WorkerProcess
+from edged.preflight import ModelFacts
+from edged.reload import plan_reload
+from edged.reporting import Reporter
+from edged.store.system_log import SystemLog
+from edged.watchdog import WorkerProcess, stall_reason
 from edged.workers.base import IpcNames, RunLimits, WorkerArgs
 
 log = structlog.get_logger()
 
 _TICK_S = 0.1
-_RESTART_WINDOW_S = 60.0
-_MAX_RESTARTS = 5
 # Start downstream first so that nothing the upstream produces finds no consumer.
 _START_ORDER = (Worker.SINK, Worker.INFERENCE, Worker.CAPTURE)
 _STOP_ORDER = (Worker.CAPTURE, Worker.INFERENCE, Worker.SINK)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class RunOptions:
     duration_s: float | None = None
     max_frames: int | None = None
 
 
+Preflight = Callable[[Config], tuple[Config, ModelFacts]]
+
+
 class Supervisor:
-    def __init__(self, config: Config, class_names: list[str], options: RunOptions,
+    def __init__(self, config: Config, config_path: Path, facts: ModelFacts,
+                 options: RunOptions, preflight: Preflight,
                  notifier: Notifier | None = None) -> None:
         self.config = config
-        self.class_names = tuple(class_names)
+        self.config_path = config_path
+        self.facts = facts
+        self.class_names = tuple(facts.names)
         self.options = options
+        self.preflight = preflight
         self.notifier = notifier or Notifier()
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.segments: list[Segment] = []
         self.workers: dict[Worker, WorkerProcess] = {}
+        self.system_log = SystemLog(config.store.path)
         self.exit_code = ExitCode.OK
         self.should_exit = False
         self.drain = False
-        self.ready = False
 
     # -- setup ---------------------------------------------------------------------------
     def _create_ipc(self) -> IpcNames:
         remove_stale_segments()
         run_id = new_run_id()
-        names = IpcNames(segment_name(run_id, "control"), segment_name(run_id, "frames"),
-                         segment_name(run_id, "results"))
+        names = IpcNames(*(segment_name(run_id, kind)
+                           for kind in ("control", "frames", "results", "config")))
         src, queues = self.config.source, self.config.queues
         self.segments = [
             ControlBlock.create(names.control),
             create_frame_ring(names.frames, queues.frame_slots, src.max_width, src.max_height),
             create_result_ring(names.results, queues.result_slots, self.config.detect.max_det),
+            create_config_channel(names.config),
         ]
         self.control = ControlBlock(self.segments[0])
-        self.frames = Ring(self.segments[1])
-        self.results = Ring(self.segments[2])
+        self.frames, self.results = Ring(self.segments[1]), Ring(self.segments[2])
+        self.reloads = ConfigChannel(self.segments[3])
         return names
-
-    def _install_signals(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, self._enqueue_signal)
 
     def _enqueue_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals.put_nowait(signum)  # handlers only enqueue; the loop acts
@@ -85,20 +95,30 @@ class Supervisor:
     def run(self) -> int:
         names = self._create_ipc()
         limits = RunLimits(max_frames=self.options.max_frames)
+        self.governor = GovernorLoop(self.config.thermal, self.control, self.frames,
+                                     self.system_log, self._sizes_supported())
+        self.reporter = Reporter(self.config, self.control, self.frames, self.results,
+                                 self.governor, self.notifier)
         try:
-            self._install_signals()
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, self._enqueue_signal)
             for kind in _START_ORDER:
-                self.workers[kind] = WorkerProcess(
-                    WorkerArgs(kind, self.config, names, limits, self.class_names), self.control)
+                args = WorkerArgs(kind, self.config, names, limits, self.class_names)
+                self.workers[kind] = WorkerProcess(args, self.control, self.config.watchdog)
                 self.workers[kind].start()
             log.info("supervisor.started", source=redact_uri(self.config.source.uri),
                      mode=self.config.source.mode, model=str(self.config.model.path),
                      db=str(self.config.store.path))
+            self.system_log.add("start", source=redact_uri(self.config.source.uri),
+                                model=str(self.config.model.path))
             self._loop()
             self._shutdown()
         finally:
             for worker in self.workers.values():
                 worker.kill()
+            self.system_log.add("stop", code=int(self.exit_code))
+            self.system_log.flush()
+            self.reporter.close()
             for segment in self.segments:
                 segment.unlink()
             self.notifier.close()
@@ -107,18 +127,16 @@ class Supervisor:
 
     def _loop(self) -> None:
         started = time.monotonic()
-        last = sample(self.control, self.frames.drops, started)
-        next_status = started + self.config.daemon.status_interval_s
         while not self.should_exit:
             self._handle_signals()
             self._reap()
-            self._check_ready()
-            now = time.monotonic()
-            if now >= next_status:
-                current = sample(self.control, self.frames.drops, now)
-                self._report(rates(last, current))
-                last, next_status = current, now + self.config.daemon.status_interval_s
-            if self.options.duration_s is not None and now - started >= self.options.duration_s:
+            self._watch()
+            self.governor.tick()
+            self.reporter.tick(self.workers, self._healthy())
+            if self.workers[Worker.SINK].state == WorkerState.RUNNING:
+                self.system_log.flush()
+            if self.options.duration_s is not None and \
+                    time.monotonic() - started >= self.options.duration_s:
                 log.info("supervisor.duration_reached", seconds=self.options.duration_s)
                 self.should_exit = True
             time.sleep(_TICK_S)
@@ -127,8 +145,7 @@ class Supervisor:
         while not self.signals.empty():
             signum = self.signals.get_nowait()
             if signum == signal.SIGHUP:
-                log.warning("supervisor.reload_unsupported",
-                            hint="restart edged to apply config changes")
+                self._reload()
                 continue
             log.info("supervisor.stop_requested", signal=signal.Signals(signum).name)
             self.should_exit = True
@@ -146,11 +163,32 @@ class Supervisor:
             if self.should_exit:
                 return
 
+    def _watch(self) -> None:
+        now_ns = time.monotonic_ns()
+        for worker in self.workers.values():
+            worker.enforce_kill_deadline()
+            if worker.alive and worker.kill_at is None and \
+                    (reason := stall_reason(self.control, worker.kind, self.config.watchdog,
+                                            now_ns)):
+                worker.terminate(reason)
+
+    def _sizes_supported(self, config: Config | None = None) -> bool:
+        return self.facts.dynamic or bool((config or self.config).models)
+
+    def _healthy(self) -> bool:
+        """False withholds WATCHDOG=1: a worker has been unhealthy past its budget."""
+        budget = self.config.watchdog.unhealthy_budget_s
+        return all(w.state != WorkerState.FATAL and w.unhealthy_for() <= budget
+                   for w in self.workers.values())
+
     def _on_exit(self, worker: WorkerProcess) -> None:
         code = worker.exitcode
-        if worker.kind == Worker.CAPTURE and code == 0:
-            log.info("supervisor.source_finished", frames=self.control.counter(
-                Counter.FRAMES_CAPTURED))
+        if worker.planned:
+            worker.start()
+            return
+        if worker.kind == Worker.CAPTURE and code == 0 and worker.stall is None:
+            log.info("supervisor.source_finished",
+                     frames=self.control.counter(Counter.FRAMES_CAPTURED))
             worker.set_state(WorkerState.EXITED)
             self.should_exit, self.drain = True, True
             return
@@ -161,36 +199,53 @@ class Supervisor:
             self.exit_code, self.should_exit = ExitCode.UNAVAILABLE, True
             return
         reason = worker.exit_reason()
-        if not worker.schedule_restart(_RESTART_WINDOW_S, _MAX_RESTARTS):
+        self.system_log.add("restart", worker=worker.name, reason=reason,
+                            restarts=worker.total_restarts + 1)
+        if not worker.schedule_restart():
             log.error("supervisor.crash_loop", worker=worker.name, reason=reason,
-                      restarts=len(worker.restarts), window_s=_RESTART_WINDOW_S)
+                      restarts=len(worker.restarts), window_s=worker.cfg.restart_window_s)
+            self.system_log.add("crash_loop", worker=worker.name, reason=reason)
             self.exit_code, self.should_exit = ExitCode.SOFTWARE, True
             return
         log.warning("worker.restarting", worker=worker.name, reason=reason,
                     retry_in_s=round(worker.next_start - time.monotonic(), 2),
                     restarts=worker.total_restarts)
 
-    def _check_ready(self) -> None:
-        if not self.ready and self.control.counter(Counter.FRAMES_INFERRED) > 0:
-            self.ready = True
+    # -- reload --------------------------------------------------------------------------
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new, facts = self.preflight(load_config(self.config_path).config)
+            names = facts.names
+            plan = plan_reload(self.config, new)
+            if not plan.ok:
+                raise ConfigError(f"{', '.join(plan.refused)} cannot change while edged "
+                                  "runs; restart edged to apply")
+        except Exception as exc:  # any reason to refuse keeps the running config
+            log.error("supervisor.reload_failed", error=str(exc), kept="previous config")
+            self.system_log.add("reload_failed", error=str(exc))
             self.notifier.ready()
-            log.info("supervisor.ready", input_size=self.control.counter(Counter.INPUT_SIZE))
-
-    def _report(self, figures: Rates) -> None:
-        temp = read_temperature_c()
-        overflows = self.control.counter(Counter.RESULT_OVERFLOWS)
-        log.info("status", fps_in=round(figures.fps_in, 1), fps_out=round(figures.fps_out, 1),
-                 drops=figures.drops, drops_recent=figures.drops_interval,
-                 infer_ms=round(figures.infer_ms, 1),
-                 source="up" if self.control.counter(Counter.SOURCE_UP) else "down",
-                 events=self.control.counter(Counter.EVENTS_COMMITTED),
-                 result_overflows=overflows,
-                 temp_c=None if temp is None else round(temp, 1))
-        text = (f"fps {figures.fps_out:.1f}/{figures.fps_in:.1f} "
-                f"infer {figures.infer_ms:.1f}ms drops {figures.drops}")
-        if temp is not None:
-            text += f" temp {temp:.0f}C"
-        self.notifier.status(text)
+            return
+        if tuple(names) != self.class_names:
+            plan.restart.add(Worker.SINK)  # the sink labels events by class id
+        if new.thermal != self.config.thermal or facts.dynamic != self.facts.dynamic:
+            self.facts = facts
+            self.governor.reconfigure(new.thermal, self._sizes_supported(new))
+        self.config, self.class_names, self.facts = new, tuple(names), facts
+        generation = self.reloads.publish(new)
+        self.control.put(Counter.CONFIG_GENERATION, generation)
+        for worker in self.workers.values():
+            worker.args = dataclasses.replace(worker.args, config=new, class_names=self.class_names,
+                                              config_generation=generation)
+            worker.cfg = new.watchdog
+        for kind in plan.restart:
+            self.workers[kind].terminate("config reload", planned=True)
+        self.reporter.config = new
+        log.info("supervisor.reloaded", changed=plan.changed,
+                 restarted=sorted(w.title for w in plan.restart))
+        self.system_log.add("reload", changed=plan.changed,
+                            restarted=sorted(w.title for w in plan.restart))
+        self.notifier.ready()
 
     # -- shutdown ------------------------------------------------------------------------
     def _shutdown(self) -> None:

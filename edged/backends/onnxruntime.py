@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
+import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -29,13 +31,19 @@ _STRIDE = 32
 
 
 class OnnxRuntimeBackend(Backend):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, reason: str = "") -> None:
         self.config = config
         self.path = Path(config.path)
+        self.reason = reason
         self._session: ort.InferenceSession | None = None
         self._spec: InputSpec | None = None
         self._output_name = ""
         self._metadata: dict[str, str] = {}
+        self._cache_state = "off"
+        # I/O binding: the bound input array (by identity) and the preallocated output.
+        self._binding: ort.IOBinding | None = None
+        self._bound: tuple[int, int] | None = None
+        self._out: np.ndarray | None = None
 
     def load(self) -> None:
         if self._session is not None:
@@ -52,9 +60,7 @@ class OnnxRuntimeBackend(Backend):
                 "install the matching onnxruntime build or change model.providers"
             )
         try:
-            session = ort.InferenceSession(
-                str(self.path), sess_options=self._session_options(), providers=wanted
-            )
+            session = self._open_session(wanted)
         except Exception as exc:  # ORT raises several pybind types for one cause: bad file
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelUnavailable(
@@ -91,6 +97,8 @@ class OnnxRuntimeBackend(Backend):
             dynamic=self._spec.dynamic,
             intra_op_threads=self.config.intra_op_threads,
             inter_op_threads=self.config.inter_op_threads,
+            io_binding=self.io_binding,
+            optimized_cache=self._cache_state,
             load_ms=round((time.perf_counter() - started) * 1000, 1),
         )
 
@@ -115,18 +123,52 @@ class OnnxRuntimeBackend(Backend):
             raise ValueError(f"input size must be a positive multiple of {_STRIDE}, got {size}")
         if size != spec.size:
             self._spec = InputSpec(spec.name, size, True)
+            self._bound = None  # the output shape changes with the input side
             log.info("backend.input_size_changed", input_size=size, previous=spec.size)
 
+    @property
+    def io_binding(self) -> bool:
+        """Whether infer() runs through an I/O binding into a preallocated output."""
+        if self.config.io_binding != "auto":
+            return self.config.io_binding == "on"
+        # On CPU ORT already reads the numpy input in place and the output allocation is
+        # noise next to a convolution; on a GPU the binding lets ORT copy the result straight
+        # into our buffer instead of staging it in a fresh array per frame.
+        return self.config.providers[0] != "cpu"
+
     def infer(self, tensor: np.ndarray) -> np.ndarray:
+        """The output; with I/O binding it is a buffer reused by the next call (copy to keep)."""
         if self._session is None or self._spec is None:
             raise RuntimeError("backend not loaded; call load() first")
-        return self._session.run([self._output_name], {self._spec.name: tensor})[0]
+        if not self.io_binding:
+            return self._session.run([self._output_name], {self._spec.name: tensor})[0]
+        key = (tensor.__array_interface__["data"][0], tensor.shape[-1])
+        if self._bound != key:
+            self._bind(tensor)
+        assert self._binding is not None and self._out is not None
+        self._session.run_with_iobinding(self._binding)
+        return self._out
+
+    def _bind(self, tensor: np.ndarray) -> None:
+        # One plain run tells the output shape for this input side (dynamic models declare
+        # symbols); after that every frame reuses the same input and output memory.
+        assert self._session is not None and self._spec is not None
+        shape = self._session.run([self._output_name], {self._spec.name: tensor})[0].shape
+        tensor = np.ascontiguousarray(tensor, np.float32)
+        binding = self._session.io_binding()
+        binding.bind_cpu_input(self._spec.name, tensor)
+        self._out = np.empty(shape, np.float32)
+        binding.bind_output(self._output_name, "cpu", 0, np.float32, list(shape),
+                            self._out.ctypes.data)
+        self._binding = binding
+        self._bound = (tensor.__array_interface__["data"][0], tensor.shape[-1])
 
     def describe(self) -> dict[str, Any]:
         spec = self.input_spec
         assert self._session is not None
         return {
             "backend": "onnxruntime",
+            "reason": self.reason,
             "onnxruntime": ort.__version__,
             "path": str(self.path),
             "providers": list(self._session.get_providers()),
@@ -136,7 +178,43 @@ class OnnxRuntimeBackend(Backend):
             "output_name": self._output_name,
             "intra_op_threads": self.config.intra_op_threads,
             "inter_op_threads": self.config.inter_op_threads,
+            "io_binding": self.io_binding,
+            "optimized_cache": self._cache_state,
         }
+
+    def _open_session(self, providers: list[str]) -> ort.InferenceSession:
+        if not self.config.ort_optimized_cache:
+            return ort.InferenceSession(str(self.path), self._session_options(), providers)
+        cached = optimized_cache_path(self.config)
+        if cached.is_file():
+            # The graph in the file is already optimized for this CPU and ORT build (the key
+            # says so); optimizing it again would only repeat the start-up cost it saves.
+            options = self._session_options()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            try:
+                session = ort.InferenceSession(str(cached), options, providers)
+            except Exception as exc:  # a torn or foreign file: rebuild it below
+                log.warning("backend.optimized_cache_unusable", path=str(cached), error=str(exc))
+            else:
+                self._cache_state = f"hit {cached}"
+                return session
+        options = self._session_options()
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            options.optimized_model_filepath = str(tmp)
+        except OSError as exc:
+            log.warning("backend.optimized_cache_unwritable", dir=str(cached.parent),
+                        error=exc.strerror)
+            return ort.InferenceSession(str(self.path), options, providers)
+        session = ort.InferenceSession(str(self.path), options, providers)
+        try:
+            os.replace(tmp, cached)  # atomic: a reader never sees a half-written graph
+            self._cache_state = f"written {cached}"
+        except OSError as exc:
+            log.warning("backend.optimized_cache_unwritable", path=str(cached),
+                        error=exc.strerror)
+        return session
 
     def _check_file(self) -> None:
         if not self.path.exists():
@@ -181,6 +259,35 @@ class OnnxRuntimeBackend(Backend):
             return InputSpec(name, int(height), False)
         size = wanted or _metadata_imgsz(self._metadata) or DEFAULT_INPUT_SIZE
         return InputSpec(name, size, True)
+
+
+def optimized_cache_path(config: ModelConfig) -> Path:
+    """Where the optimized graph of `config.path` lives for this ORT build, CPU and EP list.
+
+    ORT_ENABLE_ALL writes hardware-specific kernels (NCHWc blocking for the CPU's vector
+    width) into the graph, so the key names everything that could make the file wrong.
+    """
+    digest = hashlib.sha256()
+    with Path(config.path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    key = "|".join([digest.hexdigest(), ort.__version__, platform.machine(), cpu_fingerprint(),
+                    ",".join(config.providers)])
+    short = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return config.cache_dir / "ort" / f"{Path(config.path).stem}-{short}.onnx"
+
+
+def cpu_fingerprint() -> str:
+    """CPU model + feature flags: what decides which kernels an optimizer may pick."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    fields = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    return "|".join(fields.get(k, "") for k in ("model name", "flags", "Features", "CPU part"))
 
 
 def _metadata_imgsz(metadata: dict[str, str]) -> int | None:

@@ -68,6 +68,18 @@ class Counter(IntEnum):
     ROWS_COMMITTED = 12  # sink
     DB_BYTES = 13  # sink
     SOURCE_FPS_MILLI = 14  # capture: the source's nominal fps x 1000
+    CONF_MILLI = 15  # inference: the score threshold in force x 1000
+    CONFIG_GENERATION = 16  # supervisor: reloads applied
+    FRAMES_PREDICTED = 17  # inference: skipped frames whose boxes the tracker predicted
+    # The thermal governor's current mode, written by the supervisor, applied by inference.
+    MODE_LEVEL = 18  # 0 high, 1 medium, 2 low, 3 critical
+    MODE_INPUT_SIZE = 19
+    MODE_FRAME_SKIP = 20
+    MODE_CONF_MILLI = 21
+    MODE_FPS_MILLI = 22
+    MODE_PAUSED = 23
+    MODE_TRANSITIONS = 24  # supervisor
+    FRAMES_SKIPPED_PAUSED = 25  # inference: frames passed over while paused
 
 
 _SLOT_WORDS = 16

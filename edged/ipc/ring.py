@@ -170,6 +170,15 @@ class Ring:
             self._header[_READ] = cursor + 1
             return cursor
 
+    def skip_to_latest(self) -> int:
+        """Reader side: pass over everything but the newest item (after a pause); returns
+        how many were passed over. They are not counted as drops: nobody was behind."""
+        cursor, written = int(self._header[_READ]), int(self._header[_WRITE])
+        skipped = max(0, written - 1 - cursor)
+        if skipped:
+            self._header[_READ] = cursor + skipped
+        return skipped
+
     @property
     def torn_reads(self) -> int:
         """Copies discarded because the writer overwrote the slot meanwhile (then retried)."""

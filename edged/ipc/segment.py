@@ -117,6 +117,10 @@ def remove_stale_segments(shm_dir: Path = SHM_DIR) -> list[str]:
             path.unlink()
         except FileNotFoundError:
             continue
+        except PermissionError:
+            # Another user's segment in a sticky /dev/shm: not ours to remove.
+            log.warning("ipc.stale_segment_kept", segment=path.name, reason="permission denied")
+            continue
         removed.append(path.name)
     if removed:
         log.warning("ipc.stale_segments_removed", segments=removed)

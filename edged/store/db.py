@@ -16,8 +16,15 @@ import os
 import sqlite3
 from pathlib import Path
 
+# Opening and migrating (before the sink's loop starts) and the read side wait this long for a
+# lock held by another connection.
 BUSY_TIMEOUT_MS = 5000
-# After a checkpoint the WAL file is truncated back to at most this size.
+# The writer's steady-state wait, set once the store is open: short, so a lock held elsewhere
+# blocks the sink loop (and its heartbeat) for at most this long per attempt; the store then
+# retries with back-off (`edged.store.faults`).
+WRITE_BUSY_TIMEOUT_MS = 500
+# After a checkpoint the WAL file is truncated back to at most this size (until the writer
+# applies its size cap, `edged.store.capacity`, which sets a limit from store.max_db_mb).
 JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
 
 
@@ -110,7 +117,11 @@ def fix_for(exc: sqlite3.Error) -> str:
     elif "unable to open" in low:
         fix = "check that it is a file in a directory the edged user can write"
     elif "disk is full" in low or "disk i/o" in low:
-        fix = "the disk is full or failing; free space or lower store.max_db_mb"
+        # Commits recover by pruning; this reaches the operator only when that did not help.
+        fix = (
+            "the size cap (store.max_db_mb) or the disk is full, or the disk is failing; "
+            "free disk space or raise store.max_db_mb"
+        )
     elif "locked" in low or "busy" in low:
         fix = "another process holds a write lock; stop the other edged instance"
     else:

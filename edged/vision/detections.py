@@ -11,12 +11,14 @@ import numpy as np
 class Detections:
     """Detections of one frame, in source-frame pixels.
 
-    boxes: (n, 4) float32 xyxy; scores: (n,) float32; class_ids: (n,) int32.
+    boxes: (n, 4) float32 xyxy; scores: (n,) float32; class_ids: (n,) int32;
+    track_ids: (n,) int32 once the tracker has assigned them, else None.
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     class_ids: np.ndarray
+    track_ids: np.ndarray | None = None
 
     @classmethod
     def empty(cls) -> Detections:
@@ -28,4 +30,5 @@ class Detections:
         return len(self.scores)
 
     def select(self, keep: np.ndarray) -> Detections:
-        return Detections(self.boxes[keep], self.scores[keep], self.class_ids[keep])
+        tracks = None if self.track_ids is None else self.track_ids[keep]
+        return Detections(self.boxes[keep], self.scores[keep], self.class_ids[keep], tracks)

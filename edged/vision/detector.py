@@ -21,12 +21,13 @@ log = structlog.get_logger(__name__)
 
 
 def create_backend(model: ModelConfig) -> Backend:
-    """The backend named by `model.backend` (not loaded yet)."""
-    if model.backend == "onnxruntime":
-        from edged.backends.onnxruntime import OnnxRuntimeBackend
+    """The backend `model.backend` names, or `auto`'s choice (not loaded yet).
 
-        return OnnxRuntimeBackend(model)
-    raise ValueError(f"unknown backend {model.backend!r}")
+    Raises ModelUnavailable when an explicitly named backend cannot run here (exit 69).
+    """
+    from edged.backends.select import create_backend as select_and_create
+
+    return select_and_create(model)
 
 
 class Detector:
@@ -65,10 +66,12 @@ class Detector:
     def conf(self) -> float:
         return self._conf
 
-    def apply(self, detect: DetectConfig) -> None:
-        """Take new thresholds (a config reload); max_det is fixed for the daemon's life."""
-        self.set_conf(detect.conf)
-        self._iou = detect.iou
+    def set_thresholds(self, conf: float, iou: float) -> None:
+        """New score and NMS thresholds (reloads, thermal modes); max_det stays fixed."""
+        self.set_conf(conf)
+        if not 0 < iou <= 1:
+            raise ValueError(f"iou must be in (0, 1], got {iou}")
+        self._iou = float(iou)
 
     def set_conf(self, conf: float) -> None:
         """Change the score threshold (the thermal governor raises it under heat)."""

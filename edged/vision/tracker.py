@@ -111,13 +111,18 @@ class Tracker:
         self._tracks: list[_KalmanTrack] = []
         self._next_id = 1
 
-    def update(self, dets: Detections) -> list[Track]:
-        """An inferred frame: associate `dets`; returns the confirmed tracks matched now."""
+    def update(self, dets: Detections, high_score: float | None = None) -> list[Track]:
+        """An inferred frame: associate `dets`; returns the confirmed tracks matched now.
+
+        `high_score` overrides the config's first-pass threshold (the daemon passes the
+        detection threshold in force, which reloads and the thermal governor change).
+        """
         cfg = self._cfg
+        high_cut = cfg.high_score if high_score is None else high_score
         for track in self._tracks:
             track.predict()
-        high = np.flatnonzero(dets.scores >= cfg.high_score)
-        low = np.flatnonzero((dets.scores >= cfg.low_score) & (dets.scores < cfg.high_score))
+        high = np.flatnonzero(dets.scores >= high_cut)
+        low = np.flatnonzero((dets.scores >= cfg.low_score) & (dets.scores < high_cut))
         confirmed = [t for t in self._tracks if t.hits >= cfg.min_hits]
         tentative = [t for t in self._tracks if t.hits < cfg.min_hits]
 

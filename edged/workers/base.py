@@ -12,6 +12,7 @@ import structlog
 from setproctitle import setproctitle
 
 from edged.config import Config
+from edged.ipc.config_channel import ConfigChannel
 from edged.ipc.control import ControlBlock, Slot, Worker
 from edged.ipc.segment import Segment
 from edged.logging import setup_logging
@@ -24,6 +25,7 @@ class IpcNames:
     control: str
     frames: str
     results: str
+    config: str
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class WorkerArgs:
     ipc: IpcNames
     limits: RunLimits
     class_names: tuple[str, ...]
+    config_generation: int = 0  # the reload channel generation `config` corresponds to
 
 
 class StopFlag:
@@ -63,8 +66,15 @@ class StopFlag:
         return self._signalled or self._control.stop_requested(self._worker)
 
 
-def setup_process(args: WorkerArgs) -> tuple[ControlBlock, StopFlag]:
-    """Title, signals, logging, faulthandler; then attach the control block."""
+@dataclass(frozen=True)
+class WorkerContext:
+    control: ControlBlock
+    stop: StopFlag
+    reloads: ConfigChannel  # poll() -> the new Config after a SIGHUP, else None
+
+
+def setup_process(args: WorkerArgs) -> WorkerContext:
+    """Title, signals, logging, faulthandler; then attach the shared segments."""
     title = args.worker.title
     setproctitle(f"edged: {title}")
     # Ctrl-C reaches the whole foreground process group; only the supervisor decides.
@@ -75,5 +85,7 @@ def setup_process(args: WorkerArgs) -> tuple[ControlBlock, StopFlag]:
     control = ControlBlock(Segment.attach(args.ipc.control))
     control.set(args.worker, Slot.PID, os.getpid())
     control.beat(args.worker)
+    reloads = ConfigChannel(Segment.attach(args.ipc.config))
+    reloads.seen = args.config_generation
     structlog.get_logger().debug("worker.started", pid=os.getpid())
-    return control, StopFlag(control, args.worker)
+    return WorkerContext(control, StopFlag(control, args.worker), reloads)

@@ -46,9 +46,9 @@ class Backoff:
 
 
 def run(args: WorkerArgs) -> int:
-    control, stop = setup_process(args)
+    ctx = setup_process(args)
     writer = FrameWriter(Segment.attach(args.ipc.frames))
-    capture = Capture(args, control, writer, stop)
+    capture = Capture(args, ctx.control, writer, ctx.stop)
     return capture.loop()
 
 

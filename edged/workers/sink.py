@@ -22,7 +22,8 @@ _PRUNE_EVERY_S = 600.0
 
 
 def run(args: WorkerArgs) -> int:
-    control, stop = setup_process(args)
+    ctx = setup_process(args)
+    control, stop = ctx.control, ctx.stop
     reader = ResultReader(Segment.attach(args.ipc.results))
     cfg = args.config
     store = EventStore.open(cfg.store.path, cfg.store)  # StoreError here: exit 69
@@ -35,6 +36,9 @@ def run(args: WorkerArgs) -> int:
     try:
         while True:
             control.beat(_ME, consumed)
+            if (new := ctx.reloads.poll()) is not None:
+                source = new.source.name
+                store.reconfigure(new.store)
             now = time.monotonic()
             if now >= next_prune:
                 next_prune = now + _PRUNE_EVERY_S

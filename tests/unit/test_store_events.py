@@ -50,7 +50,12 @@ def test_open_creates_directories_and_sets_pragmas(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+        # Short: a lock held elsewhere must not block the sink loop (its heartbeat) for long.
+        assert 100 <= conn.execute("PRAGMA busy_timeout").fetchone()[0] <= 1000
+        # The size cap: 1024 MiB by default, less the WAL's share.
+        max_pages = conn.execute("PRAGMA max_page_count").fetchone()[0]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        assert 0.9 * 1024 * 2**20 < max_pages * page_size < 1024 * 2**20
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
     finally:
         store.close()

@@ -86,29 +86,32 @@ def test_prune_by_size_shrinks_the_file_and_keeps_the_newest(
     tmp_path: Path, auto_vacuum: bool
 ) -> None:
     path = tmp_path / "events.db"
+    now = time.time()
+    # Filled under a roomy cap, then reopened with max_db_mb lowered below its size.
+    big = StoreConfig(path=path, max_db_mb=10, record_detections=True, event_gap_s=2)
+    with EventStore.open(path, big) as store:
+        fill(store, now - DAY, 4000)
+        store.add_system_event("start")
     if not auto_vacuum:  # a file made without incremental auto-vacuum: converted once
-        EventStore.open(path, StoreConfig(path=path)).close()
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("PRAGMA auto_vacuum = NONE")
         conn.execute("VACUUM")
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
         conn.close()
     limit_mb = 0.25
-    cfg = StoreConfig(path=path, max_db_mb=limit_mb, record_detections=True, event_gap_s=2)
-    now = time.time()
-    store = EventStore.open(path, cfg)
-    fill(store, now - DAY, 4000)
-    store.add_system_event("start")
-    store.commit()
     limit = int(limit_mb * 1024 * 1024)
     assert file_bytes(path) > 2 * limit
+    cfg = StoreConfig(path=path, max_db_mb=limit_mb, record_detections=True, event_gap_s=2)
+    store = EventStore.open(path, cfg)
+    assert store.cap.clamped  # SQLite keeps the file's size as the cap until it shrinks
     newest = table_counts(path)["events"]
 
     deleted = store.prune(now)
 
     assert deleted > 0
     assert file_bytes(path) <= limit
-    assert path.stat().st_size <= limit
+    assert path.stat().st_size <= store.cap.db_bytes
+    assert not store.cap.clamped  # the cap is tight again
     conn = sqlite3.connect(path)
     ids = [r[0] for r in conn.execute("SELECT id FROM events ORDER BY id")]
     assert ids and ids[-1] == newest  # the newest event is kept ...
