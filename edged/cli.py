@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -23,12 +24,12 @@ def _fail(code: ExitCode, message: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import faulthandler
+
     from edged.backends.base import ModelUnavailable
     from edged.logging import setup_logging
     from edged.preflight import SourceUnavailable, check
     from edged.supervisor import RunOptions, Supervisor
-
-    import faulthandler
 
     path = _config_path(args.config)
     config = load_config(path).config
@@ -122,15 +123,76 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
                              Path(args.image) if args.image else None)
     except ModelUnavailable as exc:
         return _fail(ExitCode.UNAVAILABLE, str(exc))
-    text = json.dumps(result, indent=2)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+        _write_result(result, args.out)
         print(format_bench_table(result))
-        print(f"wrote {args.out}")
     else:
-        print(text)
+        print(json.dumps(result, indent=2))
     return 0
+
+
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    from edged.preflight import model_facts, with_model_ladder
+    from edged.tools.bench_pipeline import bench_pipeline, format_pipeline_table
+
+    config = load_config(_config_path(args.config)).config
+    config = with_model_ladder(config, model_facts(config.model))
+    video = Path(args.video) if args.video else Path(config.source.uri)
+    if not video.is_file():
+        return _fail(ExitCode.NOINPUT, f"{video}: no such video; pass --video FILE")
+    modes = args.modes.split(",")
+    try:
+        result = bench_pipeline(config, modes, video, args.frames, args.threads)
+    except RuntimeError as exc:
+        return _fail(ExitCode.SOFTWARE, str(exc).splitlines()[0])
+    _write_result(result, args.out)
+    print(format_pipeline_table(result))
+    return 0
+
+
+def _write_result(result: dict[str, object], out: str | None) -> None:
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+
+
+def cmd_thermal(args: argparse.Namespace) -> int:
+    import time
+
+    from edged.backends.base import ModelUnavailable
+    from edged.preflight import model_facts, with_model_ladder
+    from edged.status import read_status_file
+    from edged.thermal import ThermalSources
+
+    config = load_config(_config_path(args.config)).config
+    with contextlib.suppress(ModelUnavailable):  # then show the ladder as configured
+        config = with_model_ladder(config, model_facts(config.model))
+    thermal = config.thermal
+    sources = ThermalSources(thermal)
+    while True:
+        readings = sources.read()
+        running = read_status_file(config.daemon.runtime_dir)
+        print(f"thresholds: medium >= {thermal.medium_at_c} C, low >= {thermal.low_at_c} C, "
+              f"critical >= {thermal.critical_at_c} C (hysteresis {thermal.hysteresis_c} C, "
+              f"dwell {thermal.dwell_s} s)")
+        print("ladder: " + ", ".join(f"{m.name} {m.input_size}px skip {m.frame_skip} "
+                                     f"conf {m.conf}" for m in thermal.modes))
+        for zone in sources.describe():
+            value = next((r.celsius for r in readings if r.zone == zone["zone"]), None)
+            shown = "unreadable" if value is None else f"{value:.1f} C"
+            print(f"  {zone['zone']} ({zone['type']}, {zone['path']}): {shown}")
+        if not readings:
+            print("  no temperature sensor readable: the governor stays in high")
+        throttling = sources.throttling()
+        if throttling:
+            print(f"throttling: {throttling}")
+        mode = running["thermal_mode"] if running else "(edged is not running)"
+        print(f"hottest: {sources.hottest()} C   mode: {mode}")
+        if not args.watch:
+            return 0
+        time.sleep(args.interval)
+        print()
 
 
 def cmd_model_import_darknet(args: argparse.Namespace) -> int:
@@ -215,6 +277,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench_model.add_argument("--image", help="image to letterbox as input (default: synthetic)")
     bench_model.add_argument("--out", help="write JSON here and print a table")
     bench_model.set_defaults(func=cmd_bench_model)
+
+    pipeline = bench_sub.add_parser(
+        "pipeline", help="the whole daemon on a video, once per thermal mode (lossless)")
+    pipeline.add_argument("--config")
+    pipeline.add_argument("--video", help="default: source.uri from the config")
+    pipeline.add_argument("--modes", default="high,medium,low")
+    pipeline.add_argument("--frames", type=int, default=200)
+    pipeline.add_argument("--threads", type=int, default=0, help="intra-op threads")
+    pipeline.add_argument("--out", help="also write JSON here")
+    pipeline.set_defaults(func=cmd_bench_pipeline)
+
+    thermal = sub.add_parser("thermal", help="temperature sources, thresholds and mode")
+    thermal.add_argument("--config")
+    thermal.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    thermal.add_argument("--interval", type=float, default=2.0)
+    thermal.set_defaults(func=cmd_thermal)
 
     model = sub.add_parser("model", help="model tools")
     model_sub = model.add_subparsers(dest="model_command", required=True)

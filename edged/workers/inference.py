@@ -180,7 +180,10 @@ def run(args: WorkerArgs) -> int:
             handled += 1
         elif stop:
             break  # draining and the ring is empty
-    log.info("inference.stopped", inferred=control.counter(Counter.FRAMES_INFERRED),
+    inferred = control.counter(Counter.FRAMES_INFERRED)
+    mean_ms = control.counter(Counter.INFER_US_TOTAL) / inferred / 1000 if inferred else None
+    log.info("inference.stopped", inferred=inferred,
+             infer_ms_mean=None if mean_ms is None else round(mean_ms, 2),
              predicted=control.counter(Counter.FRAMES_PREDICTED),
              results_emitted=control.counter(Counter.RESULTS_EMITTED),
              detections_emitted=control.counter(Counter.DETECTIONS_EMITTED))

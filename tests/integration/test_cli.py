@@ -135,3 +135,57 @@ def test_events_lists_what_a_run_stored(
 def test_version() -> None:
     result = edged("version")
     assert result.returncode == 0 and result.stdout.startswith("edged ")
+
+
+def test_status_reads_the_running_daemon_and_exits_3_when_stopped(
+    pipeline_config: Callable[..., Path], daemons: list[Daemon], tmp_path: Path
+) -> None:
+    config = pipeline_config(source={"mode": "paced", "loop": True})
+    run_dir = tmp_path / "run"
+    daemon = Daemon(config)
+    daemons.append(daemon)
+    daemon.wait_for(lambda: bool(daemon.find("supervisor.ready")), 60, "ready")
+    result = edged("status", "--runtime-dir", str(run_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["pid"] == daemon.proc.pid
+    assert set(doc["workers"]) == {"capture", "inference", "sink"}
+    for worker in doc["workers"].values():
+        assert worker["state"] in ("starting", "running") and worker["pid"] > 0
+    text = edged("status", "--runtime-dir", str(run_dir))
+    assert "inference" in text.stdout and "heartbeat" not in text.stderr
+    daemon.proc.terminate()
+    assert daemon.wait(30) == 0
+    stopped = edged("status", "--runtime-dir", str(run_dir))
+    assert stopped.returncode == 3 and "not running" in stopped.stderr
+
+
+def test_thermal_reads_a_sysfs_tree(tmp_path: Path, default_model: Path,
+                                    sample_video: Path) -> None:
+    zone = tmp_path / "sys" / "class" / "thermal" / "thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text("71500\n")
+    config = tmp_path / "edged.yaml"
+    config.write_text(f"source:\n  uri: {sample_video}\nmodel:\n  path: {default_model}\n"
+                      f"thermal:\n  sysfs_root: {tmp_path / 'sys'}\n")
+    result = edged("thermal", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "cpu-thermal" in result.stdout and "71.5 C" in result.stdout
+    assert "high 416px" in result.stdout, "the ladder is fitted to the 416-native model"
+
+
+@pytest.mark.slow
+def test_bench_pipeline_reports_each_mode(pipeline_config: Callable[..., Path],
+                                          tmp_path: Path) -> None:
+    out = tmp_path / "pipeline.json"
+    result = edged("bench", "pipeline", "--config", str(pipeline_config()), "--frames", "15",
+                   "--modes", "high,low", "--threads", "1", "--out", str(out), timeout=300)
+    assert result.returncode == 0, result.stderr + result.stdout
+    modes = json.loads(out.read_text())["modes"]
+    assert [m["mode"] for m in modes] == ["high", "low"]
+    assert [m["input_size"] for m in modes] == [416, 256]
+    for m in modes:
+        assert m["frames"] == 15 and m["pipeline_fps"] > 0 and m["cpu_percent"] > 0
+        assert m["infer_ms_mean"] > 0 and {"inference", "capture", "sink"} <= m["rss_mb"].keys()
+    assert modes[1]["inferred"] < modes[0]["inferred"], "low mode skips frames"
