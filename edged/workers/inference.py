@@ -117,7 +117,9 @@ class Inference:
 
     def _due(self) -> bool:
         skip = max(1, self.control.counter(Counter.MODE_FRAME_SKIP))
-        fps_cap = self.control.counter(Counter.MODE_FPS_MILLI) / 1000
+        # A lossless file has no clock: the cap would only turn a backlog into predictions.
+        lossless = self.cfg.source.mode == "lossless"
+        fps_cap = 0.0 if lossless else self.control.counter(Counter.MODE_FPS_MILLI) / 1000
         self.since_inference += 1
         if self.since_inference < skip:
             return False

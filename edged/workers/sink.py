@@ -39,6 +39,7 @@ def run(args: WorkerArgs) -> int:
             if (new := ctx.reloads.poll()) is not None:
                 source = new.source.name
                 store.reconfigure(new.store)
+                next_prune = 0.0  # a lowered size cap takes effect now, not in 10 minutes
             now = time.monotonic()
             if now >= next_prune:
                 next_prune = now + _PRUNE_EVERY_S
@@ -60,7 +61,10 @@ def run(args: WorkerArgs) -> int:
             if _guarded(store.commit_due, time.monotonic()):
                 _publish(control, store)
     finally:
-        store.close()
+        try:
+            store.close()
+        except StoreError as exc:  # still locked or full after close()'s own wait
+            log.error("sink.close_failed", error=str(exc), buffered=store.stats()["buffered_rows"])
         _publish(control, store)
     log.info("sink.stopped", results_consumed=consumed,
              events=control.counter(Counter.EVENTS_COMMITTED))
