@@ -187,6 +187,12 @@ class WatchdogConfig(Section):
     )
 
 
+class MetricsConfig(Section):
+    enabled: bool = Field(True, description="Serve Prometheus metrics.")
+    host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 exposes it on the LAN.")
+    port: int = Field(9108, ge=1, le=65535, description="HTTP port of /metrics.")
+
+
 class Config(Section):
     source: SourceConfig
     model: ModelConfig
@@ -198,6 +204,7 @@ class Config(Section):
     watchdog: WatchdogConfig = WatchdogConfig()
     thermal: ThermalConfig = ThermalConfig()
     tracker: TrackerConfig = TrackerConfig()
+    metrics: MetricsConfig = MetricsConfig()
     models: dict[int, Path] = Field(
         default_factory=dict,
         description="Optional fixed-size models per input size ({320: m320.onnx}) for the "

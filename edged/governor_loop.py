@@ -15,7 +15,7 @@ from edged.governor_config import ThermalConfig
 from edged.ipc.control import ControlBlock, Counter
 from edged.ipc.ring import Ring
 from edged.store.system_log import SystemLog
-from edged.thermal import ThermalSources
+from edged.thermal import Reading, ThermalSources
 
 log = structlog.get_logger()
 
@@ -29,6 +29,7 @@ class GovernorLoop:
         self.sources = ThermalSources(cfg)
         self.governor = Governor(cfg, sizes_supported=sizes_supported)
         self.temp_c: float | None = None
+        self.readings: list[Reading] = []
         self._next = 0.0
         self._drops = frames.drops
         self._captured = control.counter(Counter.FRAMES_CAPTURED)
@@ -43,7 +44,8 @@ class GovernorLoop:
         if now < self._next:
             return
         self._next = now + _EVERY_S
-        self.temp_c = self.sources.hottest()
+        self.readings = self.sources.read()
+        self.temp_c = max((r.celsius for r in self.readings), default=None)
         drops, captured = self.frames.drops, self.control.counter(Counter.FRAMES_CAPTURED)
         fresh = captured - self._captured
         drop_rate = (drops - self._drops) / fresh if fresh > 0 else 0.0

@@ -12,7 +12,7 @@ from edged.ipc.control import Worker
 # Sizes of shared-memory segments and the status location are fixed for the daemon's life.
 _FROZEN = {
     ("queues", None), ("source", "max_width"), ("source", "max_height"),
-    ("daemon", "runtime_dir"), ("detect", "max_det"),
+    ("daemon", "runtime_dir"), ("detect", "max_det"), ("metrics", None),
 }
 # Read by a worker only at start: a change restarts that worker.
 _RESTARTS = {

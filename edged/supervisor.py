@@ -26,6 +26,7 @@ from edged.ipc.frames import create_frame_ring
 from edged.ipc.results import create_result_ring
 from edged.ipc.ring import Ring
 from edged.ipc.segment import Segment, new_run_id, remove_stale_segments, segment_name
+from edged.metrics import PipelineCollector, serve
 from edged.notify import Notifier
 from edged.preflight import ModelFacts
 from edged.reload import plan_reload
@@ -88,6 +89,18 @@ class Supervisor:
         self.reloads = ConfigChannel(self.segments[3])
         return names
 
+    def _serve_metrics(self) -> None:
+        cfg = self.config.metrics
+        if not cfg.enabled:
+            return
+        collector = PipelineCollector(self.control, self.frames, self.governor,
+                                      lambda: self.workers)
+        try:
+            serve(collector, cfg.host, cfg.port)
+        except OSError as exc:  # a taken port must not stop detection
+            log.error("metrics.unavailable", host=cfg.host, port=cfg.port, error=str(exc))
+            self.system_log.add("error", what="metrics endpoint", error=str(exc))
+
     def _enqueue_signal(self, signum: int, frame: FrameType | None) -> None:
         self.signals.put_nowait(signum)  # handlers only enqueue; the loop acts
 
@@ -99,6 +112,7 @@ class Supervisor:
                                      self.system_log, self._sizes_supported())
         self.reporter = Reporter(self.config, self.control, self.frames, self.results,
                                  self.governor, self.notifier)
+        self._serve_metrics()
         try:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(signum, self._enqueue_signal)

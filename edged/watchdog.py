@@ -63,6 +63,7 @@ class WorkerProcess:
         self.process: BaseProcess | None = None
         self.restarts: deque[float] = deque()
         self.total_restarts = 0
+        self.restarts_by_reason: dict[str, int] = {}  # stalled / exited / killed
         self.next_start = 0.0
         self.kill_at: float | None = None  # SIGKILL deadline after a polite SIGTERM
         self.stall: str | None = None
@@ -159,6 +160,8 @@ class WorkerProcess:
         while self.restarts and now - self.restarts[0] > self.cfg.restart_window_s:
             self.restarts.popleft()
         self.total_restarts += 1
+        kind = self.exit_reason().split(" ", 1)[0].rstrip(":")
+        self.restarts_by_reason[kind] = self.restarts_by_reason.get(kind, 0) + 1
         if len(self.restarts) > self.cfg.max_restarts:
             self.set_state(WorkerState.FATAL)
             return False

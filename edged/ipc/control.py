@@ -82,8 +82,18 @@ class Counter(IntEnum):
     FRAMES_SKIPPED_PAUSED = 25  # inference: frames passed over while paused
 
 
+class Histogram(IntEnum):
+    """Latency histograms, each with one writer (Prometheus reads them at scrape time)."""
+
+    INFERENCE = 0  # inference: backend time of one frame
+    END_TO_END = 1  # sink: capture -> handed to the store
+
+
+# Upper bounds in seconds; one more bucket holds everything above the last.
+HISTOGRAM_BOUNDS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_HIST_WORDS = len(HISTOGRAM_BOUNDS_S) + 2  # buckets (+Inf included), sum in µs
 _SLOT_WORDS = 16
-_COUNTER_WORDS = 32
+_COUNTER_WORDS = 64
 
 
 class ControlBlock:
@@ -93,10 +103,25 @@ class ControlBlock:
             len(Worker), _SLOT_WORDS)
         self._counters = segment.array(
             np.int64, _COUNTER_WORDS, len(Worker) * _SLOT_WORDS * 8)
+        self._hist = segment.array(
+            np.int64, len(Histogram) * _HIST_WORDS,
+            (len(Worker) * _SLOT_WORDS + _COUNTER_WORDS) * 8).reshape(len(Histogram), _HIST_WORDS)
+        self._bounds_us = np.array([b * 1e6 for b in HISTOGRAM_BOUNDS_S])
 
     @staticmethod
     def create(name: str) -> Segment:
-        return Segment.create(name, (len(Worker) * _SLOT_WORDS + _COUNTER_WORDS) * 8)
+        words = len(Worker) * _SLOT_WORDS + _COUNTER_WORDS + len(Histogram) * _HIST_WORDS
+        return Segment.create(name, words * 8)
+
+    def observe(self, histogram: Histogram, micros: int) -> None:
+        bucket = int(np.searchsorted(self._bounds_us, micros))  # le semantics: <= bound
+        self._hist[histogram, bucket] += 1
+        self._hist[histogram, -1] += micros
+
+    def histogram(self, histogram: Histogram) -> tuple[list[int], float]:
+        """Cumulative bucket counts (the last is +Inf = the count) and the sum in seconds."""
+        row = self._hist[histogram]
+        return np.cumsum(row[:-1]).tolist(), float(row[-1]) / 1e6
 
     def get(self, worker: Worker, slot: Slot) -> int:
         return int(self._slots[worker, slot])

@@ -13,7 +13,7 @@ import numpy as np
 import structlog
 
 from edged.config import Config
-from edged.ipc.control import ControlBlock, Counter, Slot, Worker
+from edged.ipc.control import ControlBlock, Counter, Histogram, Slot, Worker
 from edged.ipc.frames import FrameHeader, FrameReader
 from edged.ipc.results import FrameResult, ResultWriter
 from edged.ipc.segment import Segment
@@ -144,6 +144,7 @@ class Inference:
         control.add(Counter.INFER_US_TOTAL, infer_us)
         control.put(Counter.INFER_US_LAST, infer_us)
         control.put(Counter.INPUT_SIZE, detector.input_size)
+        control.observe(Histogram.INFERENCE, infer_us)
 
     def _predict(self, header: FrameHeader) -> None:
         tracks = [t for t in self.tracker.predict() if t.score >= self.conf]

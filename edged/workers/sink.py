@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import structlog
 
-from edged.ipc.control import ControlBlock, Counter, Slot, Worker
+from edged.ipc.control import ControlBlock, Counter, Histogram, Slot, Worker
 from edged.ipc.results import ResultReader
 from edged.ipc.segment import Segment
 from edged.store import StoreError
@@ -50,6 +50,8 @@ def run(args: WorkerArgs) -> int:
                                 result.detections, names)
                 consumed += 1
                 control.put(Counter.RESULTS_CONSUMED, consumed)
+                control.observe(Histogram.END_TO_END,
+                                (time.monotonic_ns() - result.capture_mono_ns) // 1000)
             elif stop:
                 break  # stop only once the ring is empty: nothing emitted is lost
             if reader.ring.drops != overflows_seen:

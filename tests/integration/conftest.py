@@ -89,6 +89,7 @@ def pipeline_config(
             "store": {"path": str(tmp_path / "events.db"), "commit_interval_s": 0.5},
             "logging": {"format": "json", "level": "info"},
             "daemon": {"status_interval_s": 1, "runtime_dir": str(tmp_path / "run")},
+            "metrics": {"enabled": False},
         }
         for section, values in overrides.items():
             sections.setdefault(section, {}).update(values)

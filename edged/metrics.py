@@ -1,0 +1,131 @@
+"""Prometheus endpoint: a collector that reads the control block at scrape time.
+
+Nothing is pushed or copied on the hot path: workers bump their counters and histogram
+buckets in shared memory as they already do, and a scrape turns those words into metric
+families (prometheus-client's custom-collector pattern). Served by the supervisor on
+127.0.0.1 by default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
+
+import structlog
+from prometheus_client import start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from edged.governor import LEVELS
+from edged.ipc.control import HISTOGRAM_BOUNDS_S, ControlBlock, Counter, Histogram, Worker
+from edged.ipc.ring import Ring
+
+if TYPE_CHECKING:
+    from edged.governor_loop import GovernorLoop
+    from edged.watchdog import WorkerProcess
+
+log = structlog.get_logger()
+
+
+class PipelineCollector(Collector):
+    def __init__(self, control: ControlBlock, frames: Ring, governor: GovernorLoop,
+                 workers: Callable[[], Mapping[Worker, WorkerProcess]],
+                 extra: Callable[[], Mapping[str, float]] = dict) -> None:
+        self.control, self.frames, self.governor = control, frames, governor
+        self.workers = workers
+        self.extra = extra  # more gauges from other parts (e.g. the outbox backlog)
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.control
+        yield from (
+            _counter("edged_frames_captured_total", "Frames read from the source.",
+                     c.counter(Counter.FRAMES_CAPTURED)),
+            _counter("edged_frames_inferred_total", "Frames run through the model.",
+                     c.counter(Counter.FRAMES_INFERRED)),
+            _counter("edged_frames_predicted_total",
+                     "Skipped frames whose boxes the tracker predicted.",
+                     c.counter(Counter.FRAMES_PREDICTED)),
+            _counter("edged_detections_total", "Detections handed to the sink.",
+                     c.counter(Counter.DETECTIONS_EMITTED)),
+            _counter("edged_events_written_total",
+                     "Events inserted by the current sink process.",
+                     c.counter(Counter.EVENTS_COMMITTED)),
+            _counter("edged_source_reconnects_total", "Times the source was lost.",
+                     c.counter(Counter.RECONNECTS)),
+            _counter("edged_thermal_mode_changes_total", "Governor mode changes.",
+                     c.counter(Counter.MODE_TRANSITIONS)),
+        )
+        dropped = CounterMetricFamily("edged_queue_dropped_total",
+                                      "Items overwritten before being read, per queue.",
+                                      labels=["queue"])
+        dropped.add_metric(["frames"], self.frames.drops)
+        dropped.add_metric(["results"], c.counter(Counter.RESULT_OVERFLOWS))
+        yield dropped
+        yield _histogram("edged_inference_seconds", "Model time per inferred frame.",
+                         *c.histogram(Histogram.INFERENCE))
+        yield _histogram("edged_end_to_end_seconds",
+                         "From capture to the sink, per frame.",
+                         *c.histogram(Histogram.END_TO_END))
+        yield from self._workers()
+        yield from self._thermal()
+        yield _gauge("edged_source_up", "1 while the source delivers frames.",
+                     c.counter(Counter.SOURCE_UP))
+        yield _gauge("edged_model_input_size_pixels", "Current model input side.",
+                     c.counter(Counter.INPUT_SIZE))
+        yield _gauge("edged_db_size_bytes", "Event database size (file + WAL).",
+                     c.counter(Counter.DB_BYTES))
+        for name, value in self.extra().items():
+            yield _gauge(name, name.replace("_", " "), value)
+
+    def _workers(self) -> Iterator[Metric]:
+        restarts = CounterMetricFamily("edged_worker_restarts_total",
+                                       "Worker restarts by worker and reason.",
+                                       labels=["worker", "reason"])
+        up = GaugeMetricFamily("edged_worker_up", "1 while the worker runs.", labels=["worker"])
+        for kind, worker in self.workers().items():
+            for reason, count in sorted(worker.restarts_by_reason.items()):
+                restarts.add_metric([kind.title, reason], count)
+            up.add_metric([kind.title], float(worker.state.name == "RUNNING"))
+        yield restarts
+        yield up
+
+    def _thermal(self) -> Iterator[Metric]:
+        temps = GaugeMetricFamily("edged_temperature_celsius", "Temperature per zone.",
+                                  labels=["zone"])
+        for reading in self.governor.readings:
+            temps.add_metric([reading.zone], reading.celsius)
+        yield temps
+        mode = GaugeMetricFamily("edged_thermal_mode", "1 for the governor's current mode.",
+                                 labels=["mode"])
+        current = self.governor.mode_name
+        for name in LEVELS:
+            mode.add_metric([name], float(name == current))
+        yield mode
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    # prometheus-client appends _total itself when exposing a counter family.
+    return CounterMetricFamily(name.removesuffix("_total"), doc, value=value)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _histogram(name: str, doc: str, cumulative: list[int], sum_s: float) -> Metric:
+    bounds = [*(str(b) for b in HISTOGRAM_BOUNDS_S), "+Inf"]
+    return HistogramMetricFamily(name, doc, buckets=list(zip(bounds, cumulative, strict=True)),
+                                 sum_value=sum_s)
+
+
+def serve(collector: PipelineCollector, host: str, port: int) -> None:
+    """Start the endpoint in a daemon thread of the supervisor."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    start_http_server(port, addr=host, registry=registry)
+    log.info("metrics.serving", url=f"http://{host}:{port}/metrics")
