@@ -135,9 +135,6 @@ class StoreConfig(Section):
     event_gap_s: float = Field(
         2.0, gt=0, le=3600, description="An object unseen this long ends its event."
     )
-    event_iou: float = Field(
-        0.3, gt=0, le=1, description="Min IoU with an open event's last box to extend it."
-    )
     retention_days: float = Field(30, gt=0, description="Rows older than this are deleted.")
     max_db_mb: float = Field(1024, gt=0, description="Oldest rows are pruned above this size.")
 

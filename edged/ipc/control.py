@@ -80,6 +80,7 @@ class Counter(IntEnum):
     MODE_PAUSED = 23
     MODE_TRANSITIONS = 24  # supervisor
     FRAMES_SKIPPED_PAUSED = 25  # inference: frames passed over while paused
+    NEXT_TRACK_ID = 26  # inference: a restarted tracker never reuses an id
 
 
 class Histogram(IntEnum):

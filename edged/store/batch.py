@@ -4,7 +4,9 @@
   already stored is UPDATEd by uid, so within one batch an event costs a single statement
   however many frames extended it. An update that finds no row (retention pruned the row of an
   event that is still open) re-inserts it: the event is current, it belongs in the file.
-* detections (only with `record_detections`) and system events are INSERTed with executemany.
+  The UPDATE leaves source, label and track_id alone: they never change for a uid.
+* detections (only with `record_detections`, with their track id and the frame's predicted
+  flag) and system events are INSERTed with executemany.
 
 Raw detections are the only rows ever dropped from the buffer: beyond `detections_cap` (while
 commits keep failing) and when a batch cannot fit in the size cap even after pruning; the
@@ -18,13 +20,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edged.store.rule import OpenEvent, label_of
+from edged.store.tracks import OpenEvent, label_of, track_ids_of
 from edged.vision.detections import Detections
 
 _INSERT_EVENT = (
-    "INSERT INTO events (uid, source, label, class_id, first_seen, last_seen, best_score,"
-    " x1, y1, x2, y2, hits, frame_first, frame_last)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO events (uid, source, label, class_id, track_id, first_seen, last_seen,"
+    " best_score, x1, y1, x2, y2, hits, frame_first, frame_last)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     # Idempotent: if a COMMIT reported failure but reached the disk, the retry must not fail.
     " ON CONFLICT (uid) DO UPDATE SET last_seen = excluded.last_seen,"
     " best_score = excluded.best_score, x1 = excluded.x1, y1 = excluded.y1, x2 = excluded.x2,"
@@ -35,19 +37,22 @@ _UPDATE_EVENT = (
     " hits = ?, frame_last = ? WHERE uid = ?"
 )
 _INSERT_DETECTION = (
-    "INSERT INTO detections (ts, source, frame_seq, label, class_id, score, x1, y1, x2, y2)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO detections (ts, source, frame_seq, label, class_id, score, x1, y1, x2, y2,"
+    " track_id, predicted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_SYSTEM = "INSERT INTO system_events (ts, kind, detail) VALUES (?, ?, ?)"
 
-# Bytes a row takes in the file, table plus index entries: measured 160 / 67 / 80 on 20 000
-# fresh rows (events: a random 32-char uid twice, two time indexes), plus a margin for pages
-# that deletes left part-empty. Sizes the room to make when the database is full.
-EVENT_ROW_BYTES = 200
-DETECTION_ROW_BYTES = 90
+# Bytes a row takes in the file, table plus index entries, plus a margin for pages that deletes
+# left part-empty. Sizes the room to make when the database is full. Measured on 20 000 fresh
+# schema-v3 rows with non-integer box coordinates (the tracker's Kalman boxes never are
+# integers): events 217 (a random 32-char uid twice, two time indexes, the (source, track_id)
+# index), detections 99; system events 80 (schema v1).
+EVENT_ROW_BYTES = 250
+DETECTION_ROW_BYTES = 110
 SYSTEM_ROW_BYTES = 100
 
-DetectionRow = tuple[float, str, int, str, int, float, float, float, float, float]
+# ts, source, frame_seq, label, class_id, score, x1, y1, x2, y2, track_id, predicted (0/1)
+DetectionRow = tuple[float, str, int, str, int, float, float, float, float, float, int, int]
 SystemRow = tuple[float, str, str]
 
 
@@ -80,16 +85,23 @@ class Batch:
         self.system.append(row)
 
     def add_detections(
-        self, source: str, frame_seq: int, wall_time: float, dets: Detections, names: Sequence[str]
+        self,
+        source: str,
+        frame_seq: int,
+        wall_time: float,
+        dets: Detections,
+        names: Sequence[str],
+        predicted: bool = False,
     ) -> None:
         boxes = np.asarray(dets.boxes, dtype=np.float64).reshape(-1, 4).tolist()
         scores = np.asarray(dets.scores, dtype=np.float64).reshape(-1).tolist()
         class_ids = np.asarray(dets.class_ids).reshape(-1).astype(np.int64).tolist()
-        for box, score, cid in zip(boxes, scores, class_ids, strict=True):
+        flag = int(predicted)
+        for box, score, cid, tid in zip(boxes, scores, class_ids, track_ids_of(dets),
+                                        strict=True):  # fmt: skip
             label = label_of(cid, names)
-            self.detections.append(
-                (wall_time, source, frame_seq, label, cid, score, box[0], box[1], box[2], box[3])
-            )
+            self.detections.append((wall_time, source, frame_seq, label, cid, score,
+                                    box[0], box[1], box[2], box[3], tid, flag))  # fmt: skip
         if len(self.detections) > self.detections_cap:
             self.drop_oldest_detections(len(self.detections) - self.detections_cap)
 
@@ -125,8 +137,8 @@ class Batch:
 
 
 def _insert_row(e: OpenEvent) -> tuple[object, ...]:
-    return (e.uid, e.source, e.label, e.class_id, e.first_seen, e.last_seen, e.best_score,
-            *e.best_box, e.hits, e.frame_first, e.frame_last)  # fmt: skip
+    return (e.uid, e.source, e.label, e.class_id, e.track_id, e.first_seen, e.last_seen,
+            e.best_score, *e.best_box, e.hits, e.frame_first, e.frame_last)  # fmt: skip
 
 
 def _update_row(e: OpenEvent) -> tuple[object, ...]:

@@ -31,7 +31,7 @@ from edged.store.batch import Batch
 from edged.store.capacity import SizeCap
 from edged.store.db import StoreError, describe, file_bytes
 from edged.store.faults import Backoff, is_full, is_locked
-from edged.store.rule import OpenEvent
+from edged.store.tracks import OpenEvent
 
 log = structlog.get_logger()
 

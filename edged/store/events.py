@@ -1,10 +1,10 @@
 """EventStore: the sink worker's write side of the SQLite database.
 
-Frames go through the interim event rule in memory (until the tracker replaces it; details in
-`edged.store.rule`): a detection extends the open event of the same source + label whose last
-box has IoU >= event_iou with it and that was seen within event_gap_s (greedy by IoU, one
-detection per event per frame), otherwise it starts a new event; events unseen for longer than
-event_gap_s are closed (dropped from memory, their row stays).
+Frames go through the track rule in memory (details in `edged.store.tracks`): one event per
+(source, track_id). A tracked detection on an inferred frame creates its track's event or
+extends it (last_seen, frame_last, hits, best score/box); predicted frames (the tracker's
+Kalman boxes on skipped frames) never create or change an event. An event closes (dropped from
+memory, its row stays) once its track goes unobserved for longer than event_gap_s.
 
 The resulting rows are buffered (`edged.store.batch`) and written in batches, ONE transaction
 (one fsync'd commit) per batch (`edged.store.commit`, which also recovers from a full or
@@ -32,8 +32,8 @@ from edged.store.capacity import SizeCap
 from edged.store.commit import Committer
 from edged.store.db import BUSY_TIMEOUT_MS, WRITE_BUSY_TIMEOUT_MS, describe, file_bytes, open_writer
 from edged.store.faults import is_locked
-from edged.store.rule import EventRule
 from edged.store.schema import migrate
+from edged.store.tracks import TrackEvents
 from edged.vision.detections import Detections
 
 log = structlog.get_logger()
@@ -54,7 +54,7 @@ class EventStore(Committer):
         self.schema_version = 0
         self._conn = conn
         self.cap = cap if cap is not None else capacity.apply(conn, cfg.max_db_mb)
-        self._rule = EventRule(cfg.event_iou, cfg.event_gap_s)
+        self._tracks = TrackEvents(cfg.event_gap_s)
         self._batch = Batch(BUFFER_CAP_BATCHES * cfg.commit_max_rows)
         self._init_commit_state()
 
@@ -87,7 +87,7 @@ class EventStore(Committer):
 
     @property
     def open_events(self) -> int:
-        return self._rule.open_count
+        return self._tracks.open_count
 
     @property
     def dropped_detections(self) -> int:
@@ -100,12 +100,18 @@ class EventStore(Committer):
         wall_time: float,
         dets: Detections,
         names: Sequence[str],
+        predicted: bool = False,
     ) -> None:
-        """Apply the event rule to one frame's detections and buffer the resulting rows."""
-        for event in self._rule.observe(source, frame_seq, wall_time, dets, names):
+        """Apply the track rule to one frame's detections and buffer the resulting rows.
+
+        `dets` must carry track_ids (ValueError otherwise, before anything is buffered);
+        `predicted`: a frame the model skipped, whose boxes are the tracker's predictions.
+        """
+        touched = self._tracks.observe(source, frame_seq, wall_time, dets, names, predicted)
+        for event in touched:
             self._batch.add_event(event)
         if self.cfg.record_detections and len(dets):
-            self._batch.add_detections(source, frame_seq, wall_time, dets, names)
+            self._batch.add_detections(source, frame_seq, wall_time, dets, names, predicted)
 
     # -- maintenance ---------------------------------------------------------------------------
 
@@ -148,13 +154,13 @@ class EventStore(Committer):
         }
 
     def reconfigure(self, cfg: StoreConfig) -> None:
-        """A config reload: new retention, size cap, batching and event-rule settings."""
+        """A config reload: new retention, size cap, batching and event_gap_s settings."""
         if cfg.path != self.cfg.path:
             raise ValueError("store.path cannot change on a live store; restart the sink")
         self.cfg = cfg
         self.cap = capacity.apply(self._conn, cfg.max_db_mb)
         self._batch.detections_cap = BUFFER_CAP_BATCHES * cfg.commit_max_rows
-        self._rule.event_iou, self._rule.event_gap_s = cfg.event_iou, cfg.event_gap_s
+        self._tracks.event_gap_s = cfg.event_gap_s
         log.info("store.reconfigured", path=str(self.path), max_db_mb=cfg.max_db_mb,
                  retention_days=cfg.retention_days)  # fmt: skip
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,9 @@ EVENT_COLUMNS = (
     "hits",
     "frame_first",
     "frame_last",
+    "track_id",  # schema v3; NULL on rows written before it (and on files not yet migrated)
 )
+SYSTEM_EVENT_COLUMNS = ("id", "ts", "kind", "detail")
 TABLES = ("events", "detections", "system_events")
 
 _UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604_800.0}
@@ -67,13 +70,13 @@ def query_events(
     source: str | None = None,
     limit: int = 1000,
 ) -> list[dict[str, Any]]:
-    """Events newest first (by first_seen); `since` keeps events last seen at or after it."""
+    """Events newest first (by first_seen); `since` keeps events last seen at or after it.
+
+    Every row has every EVENT_COLUMNS key; track_id is None on events from before the tracker.
+    """
     where, args = _filters(("last_seen >= ?", since), ("label = ?", label), ("source = ?", source))
-    query = (
-        f"SELECT {', '.join(EVENT_COLUMNS)} FROM events{where}"
-        " ORDER BY first_seen DESC, id DESC LIMIT ?"
-    )
-    return _select(path, "events", query, (*args, max(int(limit), 0)))
+    rest = f"{where} ORDER BY first_seen DESC, id DESC LIMIT ?"
+    return _select(path, "events", EVENT_COLUMNS, rest, (*args, max(int(limit), 0)))
 
 
 def query_system_events(
@@ -81,9 +84,8 @@ def query_system_events(
 ) -> list[dict[str, Any]]:
     """System events newest first; `detail` is the JSON text as stored."""
     where, args = _filters(("ts >= ?", since), ("kind = ?", kind))
-    query = f"SELECT id, ts, kind, detail FROM system_events{where} ORDER BY ts DESC, id DESC"
-    query += " LIMIT ?"
-    return _select(path, "system_events", query, (*args, max(int(limit), 0)))
+    rest = f"{where} ORDER BY ts DESC, id DESC LIMIT ?"
+    return _select(path, "system_events", SYSTEM_EVENT_COLUMNS, rest, (*args, max(int(limit), 0)))
 
 
 def count_rows(path: Path) -> dict[str, int]:
@@ -130,7 +132,13 @@ def _filters(*pairs: tuple[str, object]) -> tuple[str, list[object]]:
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
-def _select(path: Path, table: str, query: str, args: tuple[object, ...]) -> list[dict[str, Any]]:
+def _select(
+    path: Path, table: str, columns: Sequence[str], rest: str, args: tuple[object, ...]
+) -> list[dict[str, Any]]:
+    """SELECT `columns` FROM `table` `rest`; a column the file's schema lacks reads as NULL.
+
+    The read side never migrates, so the CLI may meet a file an older daemon wrote (e.g. right
+    after an upgrade, before the daemon restarted): it still answers, with NULLs."""
     conn = open_reader(path)
     try:
         if table not in _tables(conn):
@@ -138,7 +146,9 @@ def _select(path: Path, table: str, query: str, args: tuple[object, ...]) -> lis
                 f"{path}: no {table} table; this is not an edged database or it was never "
                 "started (run the daemon once)"
             )
-        return [dict(row) for row in conn.execute(query, args)]
+        present = {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
+        select = ", ".join(c if c in present else f"NULL AS {c}" for c in columns)
+        return [dict(row) for row in conn.execute(f"SELECT {select} FROM {table}{rest}", args)]
     except sqlite3.Error as exc:
         raise describe(path, exc) from None
     finally:

@@ -11,12 +11,11 @@ transaction (so two processes opening the same file at once cannot both apply on
 than `LATEST_VERSION` raises StoreError: this code would not know its columns.
 
 To add a migration, append `Migration(N + 1, "what it does", sql(...))` (or any function taking
-the connection) to MIGRATIONS, e.g. the planned tracks table:
+the connection) to MIGRATIONS, e.g.:
 
-    Migration(3, "tracks", sql(
-        "CREATE TABLE tracks (track_id INTEGER NOT NULL, source TEXT NOT NULL, ..., "
-        "PRIMARY KEY (source, track_id))",
-        "ALTER TABLE events ADD COLUMN track_id INTEGER",
+    Migration(4, "zones", sql(
+        "CREATE TABLE zones (name TEXT PRIMARY KEY, polygon TEXT NOT NULL)",
+        "ALTER TABLE events ADD COLUMN zone TEXT",
     ))
 
 Never edit a migration that has shipped; write a new one. A migration must not COMMIT itself
@@ -96,9 +95,22 @@ V2_SQL: tuple[str, ...] = (
     "CREATE INDEX system_events_ts ON system_events (ts)",
 )
 
+# v3: events become one row per tracker track (`edged.store.tracks`). ADD COLUMN only rewrites
+# the schema, not the rows, so it is instant on a full database; rows written by v1/v2 keep
+# track_id NULL (they came from the interim IoU rule and have no track). The index serves
+# look-ups of one track's event(s) by source. `predicted` marks raw detections of skipped
+# frames (tracker predictions, not observations); older rows were all observations, hence 0.
+V3_SQL: tuple[str, ...] = (
+    "ALTER TABLE events ADD COLUMN track_id INTEGER",
+    "CREATE INDEX events_source_track ON events (source, track_id)",
+    "ALTER TABLE detections ADD COLUMN track_id INTEGER",
+    "ALTER TABLE detections ADD COLUMN predicted INTEGER NOT NULL DEFAULT 0",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events and system_events", sql(*V1_SQL)),
     Migration(2, "detections table, time indexes", sql(*V2_SQL)),
+    Migration(3, "tracks", sql(*V3_SQL)),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

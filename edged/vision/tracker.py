@@ -106,10 +106,15 @@ class _KalmanTrack:
 class Tracker:
     """Track ids across frames; feed every frame in order, inferred or skipped."""
 
-    def __init__(self, cfg: TrackerConfig) -> None:
+    def __init__(self, cfg: TrackerConfig, first_id: int = 1) -> None:
         self._cfg = cfg
         self._tracks: list[_KalmanTrack] = []
-        self._next_id = 1
+        self._next_id = first_id
+
+    @property
+    def next_id(self) -> int:
+        """The id the next new track gets (a restarted tracker continues from here)."""
+        return self._next_id
 
     def update(self, dets: Detections, high_score: float | None = None) -> list[Track]:
         """An inferred frame: associate `dets`; returns the confirmed tracks matched now.

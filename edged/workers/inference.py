@@ -71,7 +71,9 @@ class Inference:
         self.names = list(args.class_names)
         self.control, self.reader, self.writer = control, reader, writer
         self.pool = DetectorPool(self.cfg)
-        self.tracker = Tracker(self.cfg.tracker)
+        # Ids continue across restarts, so the sink never merges two objects into one event.
+        self.tracker = Tracker(self.cfg.tracker,
+                               first_id=max(1, control.counter(Counter.NEXT_TRACK_ID)))
         self.since_inference = 0
         self.last_inference = 0.0
         self.paused = False
@@ -139,6 +141,7 @@ class Inference:
         # The fps cap spaces inference *starts*: a backlog in the ring must not look fast.
         self.since_inference, self.last_inference = 0, started / 1e9
         tracks = [t for t in self.tracker.update(dets, high_score=conf) if t.score >= conf]
+        control.put(Counter.NEXT_TRACK_ID, self.tracker.next_id)
         self._emit(header, _as_detections(tracks), infer_us, detector.input_size, False)
         control.add(Counter.FRAMES_INFERRED)
         control.add(Counter.INFER_US_TOTAL, infer_us)

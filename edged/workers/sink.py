@@ -47,7 +47,7 @@ def run(args: WorkerArgs) -> int:
             result = reader.get(_WAIT_S)
             if result is not None:
                 store.add_frame(source, result.frame_item, result.wall_ns / 1e9,
-                                result.detections, names)
+                                result.detections, names, predicted=result.predicted)
                 consumed += 1
                 control.put(Counter.RESULTS_CONSUMED, consumed)
                 control.observe(Histogram.END_TO_END,

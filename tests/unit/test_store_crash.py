@@ -32,15 +32,15 @@ path = Path(sys.argv[1])
 cfg = StoreConfig(path=path, commit_interval_s=60, commit_max_rows=100_000,
                   record_detections=True, event_gap_s=0.5)
 store = EventStore.open(path, cfg)
-one = Detections(np.array([[0, 0, 50, 50]], np.float32), np.array([0.9], np.float32),
-                 np.zeros(1, np.int32))
 seq = 0
 
 def batch(frames):
-    # Every frame starts a new event (frames are 1 s apart, event_gap_s=0.5) + 1 detection.
+    # Every frame starts a new event (track id = frame) + 1 detection.
     global seq
     for _ in range(frames):
         seq += 1
+        one = Detections(np.array([[0, 0, 50, 50]], np.float32), np.array([0.9], np.float32),
+                         np.zeros(1, np.int32), np.array([seq], np.int32))
         store.add_frame("cam", seq, 1.7e9 + seq, one, ["person"])
 """
 
@@ -138,8 +138,9 @@ def test_sigkill_at_any_moment_loses_no_committed_batch(tmp_path: Path, delay_s:
     count = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     detections = conn.execute("SELECT count(*) FROM detections").fetchone()[0]
     seqs = [r[0] for r in conn.execute("SELECT frame_first FROM events ORDER BY id")]
+    tracks = [r[0] for r in conn.execute("SELECT track_id FROM events ORDER BY id")]
     conn.close()
     assert count >= reported[-1]  # every batch reported as committed is there
     assert count % 50 == 0  # and no batch is there in part
     assert detections == count
-    assert seqs == list(range(1, count + 1))
+    assert seqs == tracks == list(range(1, count + 1))

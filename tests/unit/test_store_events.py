@@ -19,12 +19,13 @@ T0 = 1_700_000_000.0
 
 
 def frame(n: int, offset: float = 0.0) -> Detections:
-    """n detections far apart from each other (each its own event)."""
+    """n tracked detections, tracks 1..n (each its own event)."""
     boxes = np.array([[300 * i + offset, 0, 300 * i + 100 + offset, 200] for i in range(n)])
     return Detections(
         boxes.astype(np.float32),
         np.full(n, 0.8, np.float32),
         np.arange(n, dtype=np.int32) % len(NAMES),
+        np.arange(1, n + 1, dtype=np.int32),
     )
 
 
@@ -101,15 +102,18 @@ def test_detections_are_not_recorded_by_default(tmp_path: Path) -> None:
 def test_recorded_detection_rows(tmp_path: Path) -> None:
     store = open_store(tmp_path, record_detections=True)
     store.add_frame("cam", 7, T0, frame(2), NAMES)
+    store.add_frame("cam", 8, T0 + 0.1, frame(1, offset=5), NAMES, predicted=True)
     store.commit()
     conn = sqlite3.connect(store.path)
     rows = conn.execute(
-        "SELECT ts, source, frame_seq, label, class_id, x1, y1, x2, y2 FROM detections ORDER BY id"
+        "SELECT ts, source, frame_seq, label, class_id, x1, y1, x2, y2, track_id, predicted"
+        " FROM detections ORDER BY id"
     ).fetchall()
     conn.close()
     assert rows == [
-        (T0, "cam", 7, "person", 0, 0.0, 0.0, 100.0, 200.0),
-        (T0, "cam", 7, "bicycle", 1, 300.0, 0.0, 400.0, 200.0),
+        (T0, "cam", 7, "person", 0, 0.0, 0.0, 100.0, 200.0, 1, 0),
+        (T0, "cam", 7, "bicycle", 1, 300.0, 0.0, 400.0, 200.0, 2, 0),
+        (T0 + 0.1, "cam", 8, "person", 0, 5.0, 0.0, 105.0, 200.0, 1, 1),
     ]
     store.close()
 

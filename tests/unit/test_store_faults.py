@@ -50,12 +50,15 @@ def hold_lock(path: Path, seconds: float) -> subprocess.Popen[str]:
     return proc
 
 
-def people(n: int, frame_seq: int) -> Detections:
-    """n people far apart, jittering a few px (each one event while frames are close)."""
+def people(n: int, frame_seq: int, first_track: int = 1) -> Detections:
+    """n people far apart, jittering a few px: tracks first_track .. first_track + n - 1."""
     dx = frame_seq % 10
     boxes = [[120 * k + dx, 10, 120 * k + 60 + dx, 130] for k in range(n)]
     return Detections(
-        np.array(boxes, np.float32), np.full(n, 0.8, np.float32), np.zeros(n, np.int32)
+        np.array(boxes, np.float32),
+        np.full(n, 0.8, np.float32),
+        np.zeros(n, np.int32),
+        np.arange(first_track, first_track + n, dtype=np.int32),
     )
 
 
@@ -84,8 +87,10 @@ def test_tiny_cap_keeps_committing_prunes_the_oldest_and_stays_under_the_cap(
     biggest_db = biggest_total = 0
     with capture_logs() as logs:
         for seq in range(frames):
-            # A new set of people every 100 frames (2 s apart: the old events close).
-            store.add_frame("cam", seq, T0 + seq * 0.04 + (seq // 100) * 2, people(per_frame, seq),
+            # A new set of people (new tracks) every 100 frames, 2 s apart: old events close.
+            group = seq // 100
+            store.add_frame("cam", seq, T0 + seq * 0.04 + group * 2,
+                            people(per_frame, seq, first_track=1 + group * per_frame),
                             NAMES)  # fmt: skip
             store.commit_due(time.monotonic())  # by rows: every ~100 frames; never raises here
             biggest_db = max(biggest_db, path.stat().st_size)

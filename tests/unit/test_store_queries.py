@@ -28,25 +28,27 @@ NAMES = ["person", "bicycle", "car", "dog"]
 T0 = 1_700_000_000.0
 
 
-def one(class_id: int, x: float = 0.0) -> Detections:
+def one(class_id: int, track_id: int, x: float = 0.0) -> Detections:
     return Detections(
         np.array([[x, 0, x + 50, 50]], np.float32),
         np.array([0.8], np.float32),
         np.array([class_id], np.int32),
+        np.array([track_id], np.int32),
     )
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     """Six events: (source, label, first_seen) = cam1/person T0, cam1/dog T0+10, cam2/person
-    T0+20, cam1/person T0+30, cam2/car T0+40, cam1/person T0+50 (each seen for 1 s)."""
+    T0+20, cam1/person T0+30, cam2/car T0+40, cam1/person T0+50 (each seen for 1 s), tracks
+    101..106 in that order."""
     path = tmp_path / "events.db"
     store = EventStore.open(path, StoreConfig(path=path, event_gap_s=2))
     plan = [("cam1", 0), ("cam1", 3), ("cam2", 0), ("cam1", 0), ("cam2", 2), ("cam1", 0)]
     for i, (source, cid) in enumerate(plan):
         start = T0 + 10 * i
-        store.add_frame(source, 2 * i, start, one(cid), NAMES)
-        store.add_frame(source, 2 * i + 1, start + 1, one(cid, 2), NAMES)
+        store.add_frame(source, 2 * i, start, one(cid, 101 + i), NAMES)
+        store.add_frame(source, 2 * i + 1, start + 1, one(cid, 101 + i, 2), NAMES)
     store.add_system_event("start", pid=1)
     store.add_system_event("error", worker="capture")
     store.close()
@@ -73,9 +75,11 @@ def test_newest_first_with_every_column(db: Path) -> None:
         "hits",
         "frame_first",
         "frame_last",
+        "track_id",
     }
-    assert (top["source"], top["label"], top["hits"], top["last_seen"]) == (
-        "cam1", "person", 2, T0 + 51)  # fmt: skip
+    assert (top["source"], top["label"], top["hits"], top["last_seen"], top["track_id"]) == (
+        "cam1", "person", 2, T0 + 51, 106)  # fmt: skip
+    assert [r["track_id"] for r in rows] == [106, 105, 104, 103, 102, 101]
 
 
 def test_filters_and_limit(db: Path) -> None:

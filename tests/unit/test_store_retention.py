@@ -16,15 +16,17 @@ from edged.vision.detections import Detections
 
 DAY = 86_400.0
 NAMES = ["person"]
-BOX = Detections(
-    np.array([[10, 20, 110, 220]], np.float32), np.array([0.9], np.float32), np.zeros(1, np.int32)
-)
+
+
+def box(track_id: int) -> Detections:
+    return Detections(np.array([[10, 20, 110, 220]], np.float32), np.array([0.9], np.float32),
+                      np.zeros(1, np.int32), np.array([track_id], np.int32))  # fmt: skip
 
 
 def fill(store: EventStore, start: float, count: int, step: float = 10.0, seq0: int = 0) -> None:
-    """`count` single-hit events, `step` seconds apart (longer than event_gap_s)."""
+    """`count` single-hit events (one track each), `step` seconds apart."""
     for i in range(count):
-        store.add_frame("cam", seq0 + i, start + i * step, BOX, NAMES)
+        store.add_frame("cam", seq0 + i, start + i * step, box(seq0 + i), NAMES)
     store.commit()
 
 
@@ -72,10 +74,10 @@ def test_an_event_spanning_the_cutoff_is_kept(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     now = time.time()
     store = EventStore.open(path, StoreConfig(path=path, retention_days=1, event_gap_s=3600))
-    store.add_frame("cam", 1, now - 2 * DAY, BOX, NAMES)  # starts before the cutoff ...
-    store.add_frame("cam", 2, now - 2 * DAY + 1800, BOX, NAMES)
+    store.add_frame("cam", 1, now - 2 * DAY, box(1), NAMES)  # starts before the cutoff ...
+    store.add_frame("cam", 2, now - 2 * DAY + 1800, box(1), NAMES)
     store.commit()
-    store.add_frame("cam", 3, now - 0.5 * DAY, BOX, NAMES)  # a new event (gap > 1 h)
+    store.add_frame("cam", 3, now - 0.5 * DAY, box(1), NAMES)  # a new event (gap > 1 h)
     store.commit()
     assert store.prune(now) == 1  # only the event last seen before the cutoff
     store.close()

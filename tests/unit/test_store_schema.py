@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from edged.config import StoreConfig
-from edged.store import LATEST_VERSION, EventStore, StoreError
+from edged.store import LATEST_VERSION, EventStore, StoreError, query_events
 from edged.store.db import open_writer
 from edged.store.schema import MIGRATIONS, Migration, migrate, schema_version, sql
 from edged.vision.detections import Detections
@@ -36,6 +37,21 @@ INSERT INTO system_events (ts, kind, detail) VALUES (99.0, 'start', '{"pid": 1}'
 """
 
 
+# The same for migration 2 (applied on top of V1_BY_HAND), with a raw detection row.
+V2_BY_HAND = """
+CREATE TABLE detections (
+  id INTEGER PRIMARY KEY, ts REAL NOT NULL, source TEXT NOT NULL, frame_seq INTEGER NOT NULL,
+  label TEXT NOT NULL, class_id INTEGER NOT NULL, score REAL NOT NULL,
+  x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL);
+CREATE INDEX detections_ts ON detections (ts);
+CREATE INDEX events_last_seen ON events (last_seen);
+CREATE INDEX events_first_seen ON events (first_seen);
+CREATE INDEX system_events_ts ON system_events (ts);
+INSERT INTO detections (ts, source, frame_seq, label, class_id, score, x1, y1, x2, y2) VALUES
+  (104.5, 'cam', 16, 'person', 0, 0.85, 1, 2, 3, 4);
+"""
+
+
 def make_v1(path: Path, *, table_row: bool = True, user_version: bool = True) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.executescript(V1_BY_HAND)
@@ -44,6 +60,36 @@ def make_v1(path: Path, *, table_row: bool = True, user_version: bool = True) ->
     if user_version:
         conn.execute("PRAGMA user_version = 1")
     conn.close()
+
+
+def make_v2(path: Path) -> None:
+    """A file exactly as the last release before the tracker (schema v2) left it."""
+    make_v1(path)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(V2_BY_HAND)
+    conn.execute("INSERT INTO schema_version VALUES (2, 'detections table, time indexes', 2.0)")
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+
+
+def tracked(x: float, track_id: int) -> Detections:
+    return Detections(np.array([[x, 0, x + 10, 10]], np.float32), np.array([0.7], np.float32),
+                      np.zeros(1, np.int32), np.array([track_id], np.int32))  # fmt: skip
+
+
+def layout(path: Path) -> dict[str, object]:
+    """Every table's columns (name, type, notnull, default, pk) and every index's columns."""
+    conn = sqlite3.connect(path)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        out: dict[str, object] = {
+            t: [tuple(r[1:]) for r in conn.execute(f"PRAGMA table_info({t})")] for t in tables
+        }
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='index'"):
+            out[name] = [r[2] for r in conn.execute(f"PRAGMA index_info({name})")]
+        return out
+    finally:
+        conn.close()
 
 
 def cfg(path: Path) -> StoreConfig:
@@ -92,10 +138,7 @@ def test_v1_file_is_migrated_with_rows_intact(
     indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"detections_ts", "events_last_seen", "system_events_ts"} <= indexes
     # The migrated file takes new rows in every table, next to the old ones.
-    one = Detections(
-        np.array([[0, 0, 10, 10]], np.float32), np.array([0.7], np.float32), np.zeros(1, np.int32)
-    )
-    store.add_frame("cam", 1, 300.0, one, ["person"])
+    store.add_frame("cam", 1, 300.0, tracked(0, 5), ["person"])
     store.add_system_event("start")
     store.close()
     counts = [
@@ -103,7 +146,87 @@ def test_v1_file_is_migrated_with_rows_intact(
         for t in ("events", "detections", "system_events")
     ]
     assert counts == [3, 1, 2]
+    tracks = conn.execute("SELECT uid, track_id FROM events ORDER BY id").fetchall()
+    assert [t for _, t in tracks] == [None, None, 5]
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+
+
+def test_hand_written_v2_matches_the_shipped_migrations(tmp_path: Path) -> None:
+    """Migrations 1 and 2 are history: they must still build exactly what v2 files hold."""
+    by_hand, by_code = tmp_path / "hand.db", tmp_path / "code.db"
+    make_v2(by_hand)
+    conn = sqlite3.connect(by_code, isolation_level=None)
+    assert migrate(conn, by_code, MIGRATIONS[:2]) == 2
+    conn.close()
+    assert layout(by_hand) == layout(by_code)
+
+
+def test_v2_file_is_migrated_to_tracks_with_rows_intact(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    make_v2(path)
+    before = layout(path)
+    with capture_logs() as logs:
+        store = EventStore.open(path, cfg(path))
+    assert store.schema_version == LATEST_VERSION == 3
+    assert [(e["version"], e["name"]) for e in logs if e["event"] == "store.migrated"] == [
+        (3, "tracks")]  # fmt: skip
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY 1")] == [
+        1, 2, 3]  # fmt: skip
+    # The new columns, and nothing else changed.
+    after = layout(path)
+    assert after["events"] == [*before["events"], ("track_id", "INTEGER", 0, None, 0)]  # type: ignore[misc]
+    assert after["detections"] == [
+        *before["detections"],  # type: ignore[misc]
+        ("track_id", "INTEGER", 0, None, 0),
+        ("predicted", "INTEGER", 1, "0", 0),
+    ]
+    assert after["events_source_track"] == ["source", "track_id"]
+    unchanged = set(before) - {"events", "detections"}
+    assert {k: after[k] for k in unchanged} == {k: before[k] for k in unchanged}
+    # Old rows are intact; they have no track and were observations.
+    old = conn.execute(
+        "SELECT uid, label, first_seen, last_seen, best_score, x1, hits, frame_first, frame_last,"
+        " track_id FROM events ORDER BY id"
+    ).fetchall()
+    assert old == [
+        ("a1", "person", 100.0, 105.0, 0.9, 1.0, 7, 10, 17, None),
+        ("a2", "dog", 200.0, 201.0, 0.6, 5.0, 2, 20, 21, None),
+    ]
+    assert conn.execute(
+        "SELECT ts, frame_seq, label, score, x1, track_id, predicted FROM detections"
+    ).fetchall() == [(104.5, 16, "person", 0.85, 1.0, None, 0)]
+    # New rows carry their track ids (and predicted frames their flag).
+    store.add_frame("cam", 30, 300.0, tracked(0, 1), ["person"])
+    store.add_frame("cam", 31, 300.1, tracked(2, 1), ["person"], predicted=True)
+    store.add_frame("cam", 32, 300.2, tracked(4, 1), ["person"])
+    store.close()
+    assert conn.execute(
+        "SELECT track_id, hits, frame_first, frame_last FROM events WHERE id = 3"
+    ).fetchall() == [(1, 2, 30, 32)]
+    assert conn.execute(
+        "SELECT frame_seq, track_id, predicted FROM detections WHERE id > 1 ORDER BY id"
+    ).fetchall() == [(30, 1, 0), (31, 1, 1), (32, 1, 0)]
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    # The read side returns the track id: None for the old events.
+    assert [(r["uid"], r["track_id"]) for r in query_events(path)][1:] == [
+        ("a2", None), ("a1", None)]  # fmt: skip
+    assert query_events(path)[0]["track_id"] == 1
+
+
+def test_reading_a_file_not_yet_migrated_gives_no_track_ids(tmp_path: Path) -> None:
+    """The CLI never migrates: on a v2 file (an upgrade before the daemon restarted) it still
+    answers, with track_id None."""
+    path = tmp_path / "v2.db"
+    make_v2(path)
+    rows = query_events(path)
+    got = [(r["uid"], r["track_id"], r["hits"]) for r in rows]
+    assert got == [("a2", None, 2), ("a1", None, 7)]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2  # still untouched
     conn.close()
 
 
@@ -137,21 +260,20 @@ def test_failed_migration_leaves_the_file_at_the_previous_version(tmp_path: Path
 
 
 def test_a_later_migration_is_one_list_entry(tmp_path: Path) -> None:
-    """What adding the tracks migration will look like; existing rows survive it."""
+    """What adding the next migration looks like; existing rows survive it."""
     path = tmp_path / "v1.db"
     make_v1(path)
-    tracks = Migration(
+    zones = Migration(
         LATEST_VERSION + 1,
-        "tracks",
+        "zones",
         sql(
-            "CREATE TABLE tracks (source TEXT NOT NULL, track_id INTEGER NOT NULL,"
-            " first_seen REAL NOT NULL, PRIMARY KEY (source, track_id))",
-            "ALTER TABLE events ADD COLUMN track_id INTEGER",
+            "CREATE TABLE zones (name TEXT PRIMARY KEY, polygon TEXT NOT NULL)",
+            "ALTER TABLE events ADD COLUMN zone TEXT",
         ),
     )
     conn = open_writer(path)
-    assert migrate(conn, path, (*MIGRATIONS, tracks)) == LATEST_VERSION + 1
-    assert conn.execute("SELECT count(*) FROM events WHERE track_id IS NULL").fetchone()[0] == 2
+    assert migrate(conn, path, (*MIGRATIONS, zones)) == LATEST_VERSION + 1
+    assert conn.execute("SELECT count(*) FROM events WHERE zone IS NULL").fetchone()[0] == 2
     conn.close()
 
 
