@@ -84,7 +84,11 @@ def setup_logging(cfg: LoggingConfig, process: str, stream: TextIO = sys.stderr)
 
 
 def _quiet_opencv() -> None:
-    """OpenCV prints its own warnings to stderr; we report failures as events instead."""
-    import cv2
+    """OpenCV prints its own warnings to stderr; we report failures as events instead.
 
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    Only where OpenCV is already loaded: importing it just for this would cost the
+    supervisor and the sink tens of MB they never use.
+    """
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)

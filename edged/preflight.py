@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +36,15 @@ def model_facts(model: ModelConfig) -> ModelFacts:
     sides = [d.dim_value for d in dims[2:4]]
     dynamic = len(sides) == 2 and not all(sides)
     size = model.input_size or (None if dynamic else max(sides)) or _imgsz(onnx_model) or 640
-    return ModelFacts(_class_names(model, onnx_model), dynamic, size)
+    facts = ModelFacts(_class_names(model, onnx_model), dynamic, size)
+    del onnx_model
+    _release_memory()  # the weights were parsed only to be checked; hand the pages back
+    return facts
+
+
+def _release_memory() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc only; elsewhere a no-op
 
 
 def ladder(input_size: int) -> list[int]:

@@ -44,7 +44,8 @@ def _watch(proc: subprocess.Popen[bytes]) -> tuple[float, dict[str, int]]:
     """CPU seconds of the whole tree and the peak RSS per process title, until exit."""
     root = psutil.Process(proc.pid)
     cpu: dict[int, float] = {}
-    rss: dict[str, int] = {}
+    rss: dict[int, int] = {}
+    names: dict[int, str] = {}
     while proc.poll() is None:
         with_children = [root]
         try:
@@ -57,13 +58,21 @@ def _watch(proc: subprocess.Popen[bytes]) -> tuple[float, dict[str, int]]:
                     times = p.cpu_times()
                     cpu[p.pid] = times.user + times.system
                     title = " ".join(p.cmdline()).strip()
-                    name = title.split(": ", 1)[1] if title.startswith("edged: ") else (
-                        "supervisor" if p.pid == proc.pid else "helper")
-                    rss[name] = max(rss.get(name, 0), p.memory_info().rss)
+                    if title.startswith("edged: "):  # a worker's title, once it has set it
+                        names[p.pid] = title.split(": ", 1)[1]
+                    elif p.pid == proc.pid:
+                        names[p.pid] = "supervisor"
+                    elif "resource_tracker" in title:
+                        names[p.pid] = "resource_tracker"
+                    rss[p.pid] = max(rss.get(p.pid, 0), p.memory_info().rss)
             except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
                 continue
         time.sleep(_SAMPLE_S)
-    return sum(cpu.values()), rss
+    by_name: dict[str, int] = {}
+    for pid, value in rss.items():
+        name = names.get(pid, "other")
+        by_name[name] = max(by_name.get(name, 0), value)
+    return sum(cpu.values()), by_name
 
 
 def bench_mode(config: Config, mode: str, video: Path, frames: int, threads: int) -> dict:

@@ -73,6 +73,7 @@ def _as_dicts(dets: Detections, names: list[str]) -> list[dict[str, object]]:
 
 
 def detect_command(args: argparse.Namespace, config: Config | None) -> int:
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # errors come as events
     model, detect = model_settings(args, config)
     names = load_class_names(model)
     detector = Detector(model, detect)

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import structlog
 
 from edged.exitcodes import ExitCode
-from edged.ipc.control import Worker
 from edged.workers.base import WorkerArgs
 
 
 def main(args: WorkerArgs) -> None:
     from edged.backends.base import ModelUnavailable
     from edged.store import StoreError
-    from edged.workers import capture, inference, sink
 
-    runners = {Worker.CAPTURE: capture.run, Worker.INFERENCE: inference.run, Worker.SINK: sink.run}
+    # Import only this worker's module: the sink has no use for ONNX Runtime's memory.
+    module = importlib.import_module(f"edged.workers.{args.worker.title}")
     try:
-        code = runners[args.worker](args)
+        code = module.run(args)
     except (ModelUnavailable, StoreError) as exc:
         # Retrying will not help: the supervisor stops with this code instead of looping.
         structlog.get_logger().error("worker.unavailable", error=str(exc))
