@@ -60,7 +60,7 @@ def setup_logging(cfg: LoggingConfig, process: str, stream: TextIO = sys.stderr)
     if fmt == "journal":
         renderer = _journal_renderer
     elif fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty(), sort_keys=False)
     else:
         renderer = structlog.processors.JSONRenderer()
     processors: list[Any] = [
