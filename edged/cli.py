@@ -137,7 +137,7 @@ def cmd_bench_pipeline(args: argparse.Namespace) -> int:
 
     config = load_config(_config_path(args.config)).config
     config = with_model_ladder(config, model_facts(config.model))
-    video = Path(args.video) if args.video else Path(config.source.uri)
+    video = Path(args.video) if args.video else Path(config.sources[0].uri)
     if not video.is_file():
         return _fail(ExitCode.NOINPUT, f"{video}: no such video; pass --video FILE")
     modes = args.modes.split(",")

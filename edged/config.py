@@ -12,9 +12,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edged.governor_config import ThermalConfig, TrackerConfig
+from edged.ipc.limits import MAX_SOURCES
 
 DEFAULT_CONFIG_PATH = Path("/etc/edged/edged.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/edged")
@@ -51,6 +60,11 @@ class SourceConfig(Section):
     )
     reconnect_initial_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay.")
     reconnect_max_s: float = Field(30.0, gt=0, le=3600, description="Reconnect delay cap.")
+    roi: list[tuple[float, float]] | None = Field(
+        None, min_length=3,
+        description="Region of interest: polygon [[x, y], ...] in source-frame pixels; only "
+        "objects whose box bottom-centre (where they stand) lies inside become events.",
+    )
     max_width: int = Field(1920, ge=64, le=8192, description="Larger frames are downscaled.")
     max_height: int = Field(1080, ge=64, le=8192, description="Larger frames are downscaled.")
 
@@ -190,8 +204,101 @@ class MetricsConfig(Section):
     port: int = Field(9108, ge=1, le=65535, description="HTTP port of /metrics.")
 
 
+_TOPIC_WORD = r"^[^/+#\s]+$"  # one MQTT topic level: no separators or wildcards
+
+
+class MqttConfig(Section):
+    """MQTT publisher (edged/uplink): events, availability, stats, Home Assistant discovery."""
+
+    enabled: bool = Field(False, description="Run the uplink worker and publish to a broker.")
+    host: str = Field("127.0.0.1", min_length=1, description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is usual with TLS).")
+    username: str | None = Field(None, description="Broker user; None = anonymous.")
+    password: SecretStr | None = Field(
+        None, description="Broker password; shown as ********** by check-config, never logged."
+    )
+    tls: bool = Field(False, description="Connect with TLS (system CAs unless ca_file is set).")
+    ca_file: Path | None = Field(None, description="CA bundle that signs the broker cert.")
+    device: str | None = Field(
+        None, pattern=_TOPIC_WORD, max_length=64,
+        description="Device id in topics and payloads; None = the host name.",
+    )
+    topic_prefix: str = Field(
+        "edged", min_length=1, max_length=64, pattern=r"^[^+#\s]+$",
+        description="Topics are <topic_prefix>/<device>/{events,status,stats}.",
+    )
+    client_id: str | None = Field(None, max_length=64, description="None = edged-<device>.")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive interval.")
+    stats_interval_s: float = Field(
+        30.0, ge=1, le=86400, description="Period of the retained stats message."
+    )
+    ha_discovery: bool = Field(
+        False, description="Publish Home Assistant MQTT discovery configs (retained)."
+    )
+    ha_prefix: str = Field(
+        "homeassistant", pattern=_TOPIC_WORD, description="Home Assistant discovery prefix."
+    )
+
+
+class SyncConfig(Section):
+    """Store-and-forward of events from the SQLite outbox to the broker."""
+
+    send: Literal["final", "updates"] = Field(
+        "final",
+        description="final: one message per event, once it has ended (exactly once by uid "
+        "under normal operation). updates: a message whenever its stored row changed, the "
+        "last one with ended=true; consumers keep the highest version per uid.",
+    )
+    batch_size: int = Field(100, ge=1, le=1000, description="Events published per batch.")
+    interval_s: float = Field(
+        1.0, gt=0, le=60, description="Outbox poll period while there is nothing to send."
+    )
+    ack_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="Wait this long for a batch's PUBACKs, then retry later."
+    )
+    reconnect_initial_s: int = Field(1, ge=1, le=60, description="First reconnect delay.")
+    reconnect_max_s: int = Field(60, ge=1, le=3600, description="Reconnect delay cap.")
+    flush_timeout_s: float = Field(
+        5.0, ge=0, le=60, description="At a clean stop, keep sending the backlog this long."
+    )
+
+    @model_validator(mode="after")
+    def _reconnect_bounds(self) -> SyncConfig:
+        if self.reconnect_initial_s > self.reconnect_max_s:
+            raise ValueError("reconnect_initial_s must not exceed reconnect_max_s")
+        return self
+
+
+class SnapshotConfig(Section):
+    """A JPEG of the best frame of each event (edged/store/snapshots.py)."""
+
+    enabled: bool = Field(False, description="Write a snapshot per event.")
+    dir: Path = Field(DEFAULT_STATE_DIR / "snapshots", description="Where snapshots are kept.")
+    style: Literal["box", "crop"] = Field(
+        "box", description="box: the whole frame with the box drawn; crop: the object only."
+    )
+    max_per_s: float = Field(
+        2.0, gt=0, le=30, description="JPEG encodes per second at most (the inference worker "
+        "does them)."
+    )
+    min_gain: float = Field(
+        0.05, ge=0, le=1, description="A new snapshot needs a score this much higher."
+    )
+    jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality.")
+    crop_margin: float = Field(
+        0.15, ge=0, le=2, description="crop: margin around the box, as a share of its size."
+    )
+    max_mb: float = Field(
+        1024, gt=0, description="Oldest snapshots are deleted above this total size."
+    )
+
+
 class Config(Section):
-    source: SourceConfig
+    sources: list[SourceConfig] = Field(
+        min_length=1, max_length=MAX_SOURCES,
+        description="Cameras, streams or files; one capture worker each. A single `source:` "
+        "mapping is accepted too.",
+    )
     model: ModelConfig
     detect: DetectConfig = DetectConfig()
     queues: QueueConfig = QueueConfig()
@@ -202,30 +309,43 @@ class Config(Section):
     thermal: ThermalConfig = ThermalConfig()
     tracker: TrackerConfig = TrackerConfig()
     metrics: MetricsConfig = MetricsConfig()
+    mqtt: MqttConfig = MqttConfig()
+    sync: SyncConfig = SyncConfig()
+    snapshots: SnapshotConfig = SnapshotConfig()
     models: dict[int, Path] = Field(
         default_factory=dict,
         description="Optional fixed-size models per input size ({320: m320.onnx}) for the "
         "thermal ladder; a dynamic-shape model.path needs none.",
     )
 
-    @field_validator("source")
+    @model_validator(mode="before")
     @classmethod
-    def _reconnect_bounds(cls, source: SourceConfig) -> SourceConfig:
-        if source.reconnect_initial_s > source.reconnect_max_s:
-            raise ValueError("reconnect_initial_s must not exceed reconnect_max_s")
-        return source
+    def _single_source(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "source" in data:
+            if "sources" in data:
+                raise ValueError("give either `source:` or `sources:`, not both")
+            data = {**data, "sources": [data["source"]]}
+            del data["source"]
+        return data
 
-    @model_validator(mode="after")
-    def _lossless_needs_file(self) -> Config:
-        if self.source.mode == "lossless" and self.source.kind != "file":
-            raise ValueError("source.mode 'lossless' only applies to video files")
-        return self
+    @field_validator("sources")
+    @classmethod
+    def _sources_are_sane(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.name for s in sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be unique (got {names})")
+        for source in sources:
+            if source.reconnect_initial_s > source.reconnect_max_s:
+                raise ValueError("reconnect_initial_s must not exceed reconnect_max_s")
+            if source.mode == "lossless" and source.kind != "file":
+                raise ValueError("source mode 'lossless' only applies to video files")
+        return sources
 
     @model_validator(mode="after")
     def _capture_stall_outlasts_source_timeout(self) -> Config:
         # A read may block for up to source.timeout_s; that is a reconnect, not a stall.
-        if self.watchdog.capture_stall_s <= self.source.timeout_s:
-            raise ValueError("watchdog.capture_stall_s must exceed source.timeout_s")
+        if any(self.watchdog.capture_stall_s <= s.timeout_s for s in self.sources):
+            raise ValueError("watchdog.capture_stall_s must exceed every source's timeout_s")
         return self
 
 
@@ -256,6 +376,10 @@ def load_config(path: Path = DEFAULT_CONFIG_PATH) -> LoadedConfig:
         _resolve_paths(data, file.parent)
         _deep_merge(merged, data)
         origins.update({key: (file, line) for key, line in lines.items()})
+    if "source" in merged and "sources" not in merged:
+        # Errors are reported as sources.0.<key>; keep pointing at the `source:` lines.
+        origins.update({("sources", "0", *key[1:]): where for key, where in list(origins.items())
+                        if key[0] == "source"})
     try:
         return LoadedConfig(Config.model_validate(merged), tuple(files))
     except ValidationError as exc:
@@ -297,7 +421,8 @@ def _key_lines(node: yaml.Node, prefix: tuple[str, ...]) -> Iterator[tuple[tuple
 
 # Relative paths in a config file mean "next to this file": systemd starts us in /.
 _PATH_KEYS = {("model", "path"), ("model", "names_file"), ("store", "path"),
-              ("daemon", "runtime_dir"), ("thermal", "sysfs_root"), ("thermal", "vcgencmd_path")}
+              ("daemon", "runtime_dir"), ("thermal", "sysfs_root"), ("thermal", "vcgencmd_path"),
+              ("snapshots", "dir"), ("mqtt", "ca_file")}
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
@@ -310,11 +435,12 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         for size, value in models.items():
             if isinstance(value, str) and not Path(value).is_absolute():
                 models[size] = str((base / value).resolve())
-    source = data.get("source")
-    if isinstance(source, dict) and isinstance(source.get("uri"), str):
-        uri = source["uri"]
-        if "://" not in uri and not uri.isdigit() and not Path(uri).is_absolute():
-            source["uri"] = str((base / uri).resolve())
+    sources = data.get("sources")
+    for source in [data.get("source"), *(sources if isinstance(sources, list) else [])]:
+        if isinstance(source, dict) and isinstance(source.get("uri"), str):
+            uri = source["uri"]
+            if "://" not in uri and not uri.isdigit() and not Path(uri).is_absolute():
+                source["uri"] = str((base / uri).resolve())
 
 
 def _deep_merge(into: dict[str, Any], new: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from edged.governor import LEVELS, Governor, ModeSettings
 from edged.governor_config import ThermalConfig
 from edged.ipc.control import ControlBlock, Counter
 from edged.ipc.ring import Ring
+from edged.status import frame_drops
 from edged.store.system_log import SystemLog
 from edged.thermal import Reading, ThermalSources
 
@@ -23,7 +24,7 @@ _EVERY_S = 1.0
 
 
 class GovernorLoop:
-    def __init__(self, cfg: ThermalConfig, control: ControlBlock, frames: Ring,
+    def __init__(self, cfg: ThermalConfig, control: ControlBlock, frames: list[Ring],
                  system_log: SystemLog, sizes_supported: bool) -> None:
         self.control, self.frames, self.system_log = control, frames, system_log
         self.sources = ThermalSources(cfg)
@@ -31,8 +32,8 @@ class GovernorLoop:
         self.temp_c: float | None = None
         self.readings: list[Reading] = []
         self._next = 0.0
-        self._drops = frames.drops
-        self._captured = control.counter(Counter.FRAMES_CAPTURED)
+        self._drops = frame_drops(frames)
+        self._captured = control.captured()
         self._publish(self.governor.mode)
 
     @property
@@ -46,7 +47,7 @@ class GovernorLoop:
         self._next = now + _EVERY_S
         self.readings = self.sources.read()
         self.temp_c = max((r.celsius for r in self.readings), default=None)
-        drops, captured = self.frames.drops, self.control.counter(Counter.FRAMES_CAPTURED)
+        drops, captured = frame_drops(self.frames), self.control.captured()
         fresh = captured - self._captured
         drop_rate = (drops - self._drops) / fresh if fresh > 0 else 0.0
         self._drops, self._captured = drops, captured

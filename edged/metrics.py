@@ -22,8 +22,17 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from edged.governor import LEVELS
-from edged.ipc.control import HISTOGRAM_BOUNDS_S, ControlBlock, Counter, Histogram, Worker
+from edged.ipc.control import (
+    HISTOGRAM_BOUNDS_S,
+    ControlBlock,
+    Counter,
+    Histogram,
+    Slot,
+    Worker,
+    WorkerId,
+)
 from edged.ipc.ring import Ring
+from edged.status import frame_drops
 
 if TYPE_CHECKING:
     from edged.governor_loop import GovernorLoop
@@ -33,18 +42,18 @@ log = structlog.get_logger()
 
 
 class PipelineCollector(Collector):
-    def __init__(self, control: ControlBlock, frames: Ring, governor: GovernorLoop,
-                 workers: Callable[[], Mapping[Worker, WorkerProcess]],
+    def __init__(self, control: ControlBlock, frames: list[Ring], governor: GovernorLoop,
+                 workers: Callable[[], Mapping[WorkerId, WorkerProcess]],
+                 source_names: Callable[[], list[str]],
                  extra: Callable[[], Mapping[str, float]] = dict) -> None:
         self.control, self.frames, self.governor = control, frames, governor
         self.workers = workers
+        self.source_names = source_names
         self.extra = extra  # more gauges from other parts (e.g. the outbox backlog)
 
     def collect(self) -> Iterator[Metric]:
         c = self.control
         yield from (
-            _counter("edged_frames_captured_total", "Frames read from the source.",
-                     c.counter(Counter.FRAMES_CAPTURED)),
             _counter("edged_frames_inferred_total", "Frames run through the model.",
                      c.counter(Counter.FRAMES_INFERRED)),
             _counter("edged_frames_predicted_total",
@@ -55,15 +64,13 @@ class PipelineCollector(Collector):
             _counter("edged_events_written_total",
                      "Events inserted by the current sink process.",
                      c.counter(Counter.EVENTS_COMMITTED)),
-            _counter("edged_source_reconnects_total", "Times the source was lost.",
-                     c.counter(Counter.RECONNECTS)),
             _counter("edged_thermal_mode_changes_total", "Governor mode changes.",
                      c.counter(Counter.MODE_TRANSITIONS)),
         )
         dropped = CounterMetricFamily("edged_queue_dropped_total",
                                       "Items overwritten before being read, per queue.",
                                       labels=["queue"])
-        dropped.add_metric(["frames"], self.frames.drops)
+        dropped.add_metric(["frames"], frame_drops(self.frames))
         dropped.add_metric(["results"], c.counter(Counter.RESULT_OVERFLOWS))
         yield dropped
         yield _histogram("edged_inference_seconds", "Model time per inferred frame.",
@@ -73,8 +80,7 @@ class PipelineCollector(Collector):
                          *c.histogram(Histogram.END_TO_END))
         yield from self._workers()
         yield from self._thermal()
-        yield _gauge("edged_source_up", "1 while the source delivers frames.",
-                     c.counter(Counter.SOURCE_UP))
+        yield from self._sources()
         yield _gauge("edged_model_input_size_pixels", "Current model input side.",
                      c.counter(Counter.INPUT_SIZE))
         yield _gauge("edged_db_size_bytes", "Event database size (file + WAL).",
@@ -82,15 +88,29 @@ class PipelineCollector(Collector):
         for name, value in self.extra().items():
             yield _gauge(name, name.replace("_", " "), value)
 
+    def _sources(self) -> Iterator[Metric]:
+        captured = CounterMetricFamily("edged_frames_captured",
+                                       "Frames read from each source.", labels=["source"])
+        reconnects = CounterMetricFamily("edged_source_reconnects",
+                                         "Times each source was lost.", labels=["source"])
+        up = GaugeMetricFamily("edged_source_up", "1 while the source delivers frames.",
+                               labels=["source"])
+        for index, name in enumerate(self.source_names()):
+            wid = WorkerId(Worker.CAPTURE, index)
+            captured.add_metric([name], self.control.get(wid, Slot.PROGRESS))
+            reconnects.add_metric([name], self.control.get(wid, Slot.RECONNECTS))
+            up.add_metric([name], self.control.get(wid, Slot.SOURCE_UP))
+        yield from (captured, reconnects, up)
+
     def _workers(self) -> Iterator[Metric]:
         restarts = CounterMetricFamily("edged_worker_restarts_total",
                                        "Worker restarts by worker and reason.",
                                        labels=["worker", "reason"])
         up = GaugeMetricFamily("edged_worker_up", "1 while the worker runs.", labels=["worker"])
-        for kind, worker in self.workers().items():
+        for wid, worker in self.workers().items():
             for reason, count in sorted(worker.restarts_by_reason.items()):
-                restarts.add_metric([kind.title, reason], count)
-            up.add_metric([kind.title], float(worker.state.name == "RUNNING"))
+                restarts.add_metric([wid.title, reason], count)
+            up.add_metric([wid.title], float(worker.state.name == "RUNNING"))
         yield restarts
         yield up
 

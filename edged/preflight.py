@@ -114,11 +114,14 @@ def check(config: Config) -> tuple[Config, ModelFacts]:
     for size, path in config.models.items():
         if model_facts(config.model.model_copy(update={"path": path})).names != facts.names:
             raise ConfigError(f"models.{size}: {path} has other classes than model.path")
-    unknown = sorted(set(config.source.classes or []) - set(facts.names))
-    if unknown:
-        raise ConfigError(
-            f"source.classes: {', '.join(unknown)} not among the model's classes "
-            f"(e.g. {', '.join(facts.names[:5])}); fix the names or use model.names_file")
-    if config.source.kind == "file" and not Path(config.source.uri).is_file():
-        raise SourceUnavailable(f"{config.source.uri}: video file not found; fix source.uri")
+    for source in config.sources:
+        unknown = sorted(set(source.classes or []) - set(facts.names))
+        if unknown:
+            raise ConfigError(
+                f"source {source.name}: classes {', '.join(unknown)} not among the model's "
+                f"classes (e.g. {', '.join(facts.names[:5])}); fix the names or use "
+                "model.names_file")
+        if source.kind == "file" and not Path(source.uri).is_file():
+            raise SourceUnavailable(
+                f"{source.uri}: video file not found; fix the uri of source {source.name}")
     return with_model_ladder(config, facts), facts

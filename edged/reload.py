@@ -7,28 +7,29 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from edged.config import Config
-from edged.ipc.control import Worker
+from edged.ipc.control import Worker, WorkerId
 
 # Sizes of shared-memory segments and the status location are fixed for the daemon's life.
 _FROZEN = {
-    ("queues", None), ("source", "max_width"), ("source", "max_height"),
+    ("queues", None), ("sources", "max_width"), ("sources", "max_height"),
     ("daemon", "runtime_dir"), ("detect", "max_det"), ("metrics", None),
 }
 # Read by a worker only at start: a change restarts that worker.
 _RESTARTS = {
-    ("source", None): Worker.CAPTURE,
+    ("sources", None): Worker.CAPTURE,
     ("model", None): Worker.INFERENCE,
     ("models", None): Worker.INFERENCE,
     ("store", "path"): Worker.SINK,
 }
 # Applied live by the worker that uses them (or by the supervisor itself).
-_LIVE = {("source", "classes"), ("source", "min_score"), ("source", "name")}
+_LIVE = {("sources", "classes"), ("sources", "min_score"), ("sources", "name"),
+         ("sources", "roi")}
 
 
 @dataclass
 class ReloadPlan:
     changed: list[str] = field(default_factory=list)
-    restart: set[Worker] = field(default_factory=set)
+    restart: set[WorkerId] = field(default_factory=set)
     refused: list[str] = field(default_factory=list)
 
     @property
@@ -36,29 +37,39 @@ class ReloadPlan:
         return not self.refused
 
 
-def _changed_keys(old: Config, new: Config) -> list[tuple[str, str]]:
-    keys = []
+def _fields(before: BaseModel, after: BaseModel) -> list[str]:
+    return [name for name in type(before).model_fields
+            if getattr(before, name) != getattr(after, name)]
+
+
+def _changed_keys(old: Config, new: Config) -> list[tuple[str, str, int]]:
+    """(section, key, source index) of every changed setting; key "*" = a whole value."""
+    keys: list[tuple[str, str, int]] = []
     for section in type(old).model_fields:
         before, after = getattr(old, section), getattr(new, section)
-        if not isinstance(before, BaseModel):  # a plain value such as `models:`
-            if before != after:
-                keys.append((section, "*"))
-            continue
-        for name in type(before).model_fields:
-            if getattr(before, name) != getattr(after, name):
-                keys.append((section, name))
+        if section == "sources":
+            if len(before) != len(after):
+                keys.append(("queues", "*", 0))  # a ring per source: like a queue change
+                continue
+            for index, (was, now) in enumerate(zip(before, after, strict=True)):
+                keys += [("sources", name, index) for name in _fields(was, now)]
+        elif isinstance(before, BaseModel):
+            keys += [(section, name, 0) for name in _fields(before, after)]
+        elif before != after:  # a plain value such as `models:`
+            keys.append((section, "*", 0))
     return keys
 
 
 def plan_reload(old: Config, new: Config) -> ReloadPlan:
     plan = ReloadPlan()
-    for section, name in _changed_keys(old, new):
-        dotted = section if name == "*" else f"{section}.{name}"
+    for section, name, index in _changed_keys(old, new):
+        dotted = section if name == "*" else (
+            f"sources.{index}.{name}" if section == "sources" else f"{section}.{name}")
         plan.changed.append(dotted)
         if (section, name) in _FROZEN or (section, None) in _FROZEN:
             plan.refused.append(dotted)
         elif (section, name) in _LIVE:
             continue
-        elif (worker := _RESTARTS.get((section, name)) or _RESTARTS.get((section, None))):
-            plan.restart.add(worker)
+        elif (kind := _RESTARTS.get((section, name)) or _RESTARTS.get((section, None))):
+            plan.restart.add(WorkerId(kind, index if kind == Worker.CAPTURE else 0))
     return plan

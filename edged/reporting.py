@@ -12,10 +12,17 @@ import structlog
 
 from edged.config import Config
 from edged.governor_loop import GovernorLoop
-from edged.ipc.control import ControlBlock, Counter, Slot, Worker, WorkerState
+from edged.ipc.control import ControlBlock, Counter, Slot, Worker, WorkerId, WorkerState
 from edged.ipc.ring import Ring
 from edged.notify import Notifier
-from edged.status import Rates, rates, remove_status_file, sample, write_status_file
+from edged.status import (
+    Rates,
+    frame_drops,
+    rates,
+    remove_status_file,
+    sample,
+    write_status_file,
+)
 
 if TYPE_CHECKING:
     from edged.watchdog import WorkerProcess
@@ -28,7 +35,7 @@ _READY_WITHOUT_SOURCE_S = 10.0
 
 
 class Reporter:
-    def __init__(self, config: Config, control: ControlBlock, frames: Ring, results: Ring,
+    def __init__(self, config: Config, control: ControlBlock, frames: list[Ring], results: Ring,
                  governor: GovernorLoop, notifier: Notifier) -> None:
         self.governor = governor
         self.config = config
@@ -38,7 +45,7 @@ class Reporter:
         self.notifier = notifier
         self.started = time.monotonic()
         self.ready = False
-        self._last = sample(control, frames.drops, self.started)
+        self._last = sample(control, frame_drops(frames), self.started)
         self._rates = Rates(0.0, 0.0, 0.0, 0, 0)
         self._next_status = self.started + config.daemon.status_interval_s
         self._next_file = self.started
@@ -46,7 +53,7 @@ class Reporter:
         self._watchdog_every = notifier.watchdog_interval_s()
         self._next_watchdog = self.started
 
-    def tick(self, workers: Mapping[Worker, WorkerProcess], healthy: bool) -> None:
+    def tick(self, workers: Mapping[WorkerId, WorkerProcess], healthy: bool) -> None:
         now = time.monotonic()
         self._readiness(workers, now)
         if self._watchdog_every is not None and now >= self._next_watchdog and healthy:
@@ -54,7 +61,7 @@ class Reporter:
             self.notifier.watchdog()
             self._next_watchdog = now + self._watchdog_every
         if now >= self._next_status:
-            current = sample(self.control, self.frames.drops, now)
+            current = sample(self.control, frame_drops(self.frames), now)
             self._rates, self._last = rates(self._last, current), current
             self._status_line(workers)
             self._next_status = now + self.config.daemon.status_interval_s
@@ -62,14 +69,14 @@ class Reporter:
             write_status_file(self.config.daemon.runtime_dir, self.document(workers))
             self._next_file = now + _STATUS_FILE_EVERY_S
 
-    def _readiness(self, workers: Mapping[Worker, WorkerProcess], now: float) -> None:
+    def _readiness(self, workers: Mapping[WorkerId, WorkerProcess], now: float) -> None:
         if self.ready:
             return
         inferred = self.control.counter(Counter.FRAMES_INFERRED) > 0
         # A camera absent at start is not a failure: once every worker runs, edged is up
         # and waiting for its source.
         waiting = now - self.started > _READY_WITHOUT_SOURCE_S and \
-            not self.control.counter(Counter.SOURCE_UP) and \
+            self._sources() == "down" and \
             all(w.state == WorkerState.RUNNING for w in workers.values())
         if inferred or waiting:
             self.ready = True
@@ -81,11 +88,11 @@ class Reporter:
             self.notifier.extend_timeout(3 * _EXTEND_EVERY_S)
             self._next_extend = now + _EXTEND_EVERY_S
 
-    def _status_line(self, workers: Mapping[Worker, WorkerProcess]) -> None:
+    def _status_line(self, workers: Mapping[WorkerId, WorkerProcess]) -> None:
         r, temp, mode = self._rates, self.governor.temp_c, self.governor.mode_name
         restarts = sum(w.total_restarts for w in workers.values())
         conf = self.control.counter(Counter.CONF_MILLI) / 1000
-        source = "up" if self.control.counter(Counter.SOURCE_UP) else "down"
+        source = self._sources()
         log.info("status", fps_in=round(r.fps_in, 1), fps_out=round(r.fps_out, 1),
                  drops=r.drops, drops_recent=r.drops_interval, infer_ms=round(r.infer_ms, 1),
                  source=source, conf=conf, events=self.control.counter(Counter.EVENTS_COMMITTED),
@@ -101,9 +108,15 @@ class Reporter:
             text += f" temp {temp:.0f}C"
         self.notifier.status(text)
 
-    def document(self, workers: Mapping[Worker, WorkerProcess]) -> dict[str, object]:
+    def _sources(self) -> str:
+        """up, down, or "k/n up" with several sources."""
+        up = self.control.sources_up(len(self.config.sources))
+        return "up" if all(up) else "down" if not any(up) else f"{sum(up)}/{len(up)} up"
+
+    def document(self, workers: Mapping[WorkerId, WorkerProcess]) -> dict[str, object]:
         now_ns = time.monotonic_ns()
-        ring_depth = {Worker.INFERENCE: self.frames.depth, Worker.SINK: self.results.depth}
+        depth = {Worker.INFERENCE: sum(r.depth for r in self.frames),
+                 Worker.SINK: self.results.depth}
         r = self._rates
         return {
             "pid": os.getpid(),
@@ -112,10 +125,20 @@ class Reporter:
             "ready": self.ready,
             "fps_in": round(r.fps_in, 2), "fps_out": round(r.fps_out, 2),
             "infer_ms": round(r.infer_ms, 2),
-            "frame_drops": self.frames.drops,
+            "frame_drops": frame_drops(self.frames),
             "result_overflows": self.control.counter(Counter.RESULT_OVERFLOWS),
-            "source": "up" if self.control.counter(Counter.SOURCE_UP) else "down",
-            "reconnects": self.control.counter(Counter.RECONNECTS),
+            "source": self._sources(),
+            "reconnects": self.control.reconnects(),
+            "sources": [
+                {"name": src.name, "up": bool(self.control.get(cap, Slot.SOURCE_UP)),
+                 "frames": self.control.get(cap, Slot.PROGRESS),
+                 "reconnects": self.control.get(cap, Slot.RECONNECTS),
+                 "drops": ring.drops}
+                for src, cap, ring in zip(self.config.sources,
+                                          (WorkerId(Worker.CAPTURE, i) for i in range(
+                                              len(self.config.sources))),
+                                          self.frames, strict=False)
+            ],
             "conf": self.control.counter(Counter.CONF_MILLI) / 1000,
             "input_size": self.control.counter(Counter.INPUT_SIZE),
             "events": self.control.counter(Counter.EVENTS_COMMITTED),
@@ -126,18 +149,18 @@ class Reporter:
             "frames_predicted": self.control.counter(Counter.FRAMES_PREDICTED),
             "config_generation": self.control.counter(Counter.CONFIG_GENERATION),
             "workers": {
-                kind.title: {
-                    "pid": self.control.get(kind, Slot.PID),
+                wid.title: {
+                    "pid": self.control.get(wid, Slot.PID),
                     "state": w.state.name.lower(),
-                    "uptime_s": round((now_ns - self.control.get(kind, Slot.STARTED_NS)) / 1e9, 1)
+                    "uptime_s": round((now_ns - self.control.get(wid, Slot.STARTED_NS)) / 1e9, 1)
                     if w.alive else 0.0,
                     "restarts": w.total_restarts,
                     "heartbeat_age_s": round(
-                        (now_ns - self.control.get(kind, Slot.HEARTBEAT_NS)) / 1e9, 2),
-                    "progress": self.control.get(kind, Slot.PROGRESS),
-                    "queue_depth": ring_depth.get(kind, 0),
+                        (now_ns - self.control.get(wid, Slot.HEARTBEAT_NS)) / 1e9, 2),
+                    "progress": self.control.get(wid, Slot.PROGRESS),
+                    "queue_depth": depth.get(wid.kind, 0),
                 }
-                for kind, w in workers.items()
+                for wid, w in workers.items()
             },
         }
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edged.ipc.control import ControlBlock, Counter
+from edged.ipc.ring import Ring
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,13 @@ class Rates:
     drops_interval: int
 
 
+def frame_drops(rings: Sequence[Ring]) -> int:
+    """Frames overwritten before inference read them, over every source's ring."""
+    return sum(ring.drops for ring in rings)
+
+
 def sample(control: ControlBlock, frame_drops: int, now: float) -> Sample:
-    return Sample(now, control.counter(Counter.FRAMES_CAPTURED),
+    return Sample(now, control.captured(),
                   control.counter(Counter.FRAMES_INFERRED),
                   control.counter(Counter.INFER_US_TOTAL), frame_drops)
 

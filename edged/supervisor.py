@@ -21,7 +21,7 @@ from edged.config import Config, ConfigError, load_config, redact_uri
 from edged.exitcodes import ExitCode
 from edged.governor_loop import GovernorLoop
 from edged.ipc.config_channel import ConfigChannel, create_config_channel
-from edged.ipc.control import ControlBlock, Counter, Worker, WorkerState
+from edged.ipc.control import ControlBlock, Counter, Slot, Worker, WorkerId, WorkerState
 from edged.ipc.frames import create_frame_ring
 from edged.ipc.results import create_result_ring
 from edged.ipc.ring import Ring
@@ -39,8 +39,19 @@ log = structlog.get_logger()
 
 _TICK_S = 0.1
 # Start downstream first so that nothing the upstream produces finds no consumer.
-_START_ORDER = (Worker.SINK, Worker.INFERENCE, Worker.CAPTURE)
-_STOP_ORDER = (Worker.CAPTURE, Worker.INFERENCE, Worker.SINK)
+# The uplink stops last: the sink's final commit ends the open events, and it sends them.
+_START_ORDER = (Worker.UPLINK, Worker.SINK, Worker.INFERENCE, Worker.CAPTURE)
+_STOP_ORDER = (Worker.CAPTURE, Worker.INFERENCE, Worker.SINK, Worker.UPLINK)
+
+
+def worker_ids(config: Config, kinds: tuple[Worker, ...]) -> list[WorkerId]:
+    """Every worker of `kinds`, in that order; one capture worker per source."""
+    ids = []
+    for kind in kinds:
+        count = {Worker.CAPTURE: len(config.sources),
+                 Worker.UPLINK: int(config.mqtt.enabled)}.get(kind, 1)
+        ids += [WorkerId(kind, index) for index in range(count)]
+    return ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +76,7 @@ class Supervisor:
         self.notifier = notifier or Notifier()
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.segments: list[Segment] = []
-        self.workers: dict[Worker, WorkerProcess] = {}
+        self.workers: dict[WorkerId, WorkerProcess] = {}
         self.system_log = SystemLog(config.store.path)
         self.exit_code = ExitCode.OK
         self.should_exit = False
@@ -75,18 +86,21 @@ class Supervisor:
     def _create_ipc(self) -> IpcNames:
         remove_stale_segments()
         run_id = new_run_id()
-        names = IpcNames(*(segment_name(run_id, kind)
-                           for kind in ("control", "frames", "results", "config")))
-        src, queues = self.config.source, self.config.queues
-        self.segments = [
-            ControlBlock.create(names.control),
-            create_frame_ring(names.frames, queues.frame_slots, src.max_width, src.max_height),
-            create_result_ring(names.results, queues.result_slots, self.config.detect.max_det),
-            create_config_channel(names.config),
-        ]
-        self.control = ControlBlock(self.segments[0])
-        self.frames, self.results = Ring(self.segments[1]), Ring(self.segments[2])
-        self.reloads = ConfigChannel(self.segments[3])
+        sources, queues = self.config.sources, self.config.queues
+        names = IpcNames(segment_name(run_id, "control"),
+                         tuple(segment_name(run_id, f"frames{i}") for i in range(len(sources))),
+                         segment_name(run_id, "results"), segment_name(run_id, "config"))
+        control = ControlBlock.create(names.control)
+        frames = [create_frame_ring(name, queues.frame_slots, src.max_width, src.max_height)
+                  for name, src in zip(names.frames, sources, strict=True)]
+        results = create_result_ring(names.results, queues.result_slots,
+                                     self.config.detect.max_det)
+        channel = create_config_channel(names.config)
+        self.segments = [control, *frames, results, channel]
+        self.control = ControlBlock(control)
+        self.frames = [Ring(segment) for segment in frames]
+        self.results = Ring(results)
+        self.reloads = ConfigChannel(channel)
         return names
 
     def _serve_metrics(self) -> None:
@@ -94,7 +108,8 @@ class Supervisor:
         if not cfg.enabled:
             return
         collector = PipelineCollector(self.control, self.frames, self.governor,
-                                      lambda: self.workers)
+                                      lambda: self.workers,
+                                      lambda: [src.name for src in self.config.sources])
         try:
             serve(collector, cfg.host, cfg.port)
         except OSError as exc:  # a taken port must not stop detection
@@ -116,15 +131,14 @@ class Supervisor:
         try:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(signum, self._enqueue_signal)
-            for kind in _START_ORDER:
-                args = WorkerArgs(kind, self.config, names, limits, self.class_names)
-                self.workers[kind] = WorkerProcess(args, self.control, self.config.watchdog)
-                self.workers[kind].start()
-            log.info("supervisor.started", source=redact_uri(self.config.source.uri),
-                     mode=self.config.source.mode, model=str(self.config.model.path),
+            for wid in worker_ids(self.config, _START_ORDER):
+                args = WorkerArgs(wid, self.config, names, limits, self.class_names)
+                self.workers[wid] = WorkerProcess(args, self.control, self.config.watchdog)
+                self.workers[wid].start()
+            shown = [f"{s.name}={redact_uri(s.uri)}" for s in self.config.sources]
+            log.info("supervisor.started", sources=shown, model=str(self.config.model.path),
                      db=str(self.config.store.path))
-            self.system_log.add("start", source=redact_uri(self.config.source.uri),
-                                model=str(self.config.model.path))
+            self.system_log.add("start", sources=shown, model=str(self.config.model.path))
             self._loop()
             self._shutdown()
         finally:
@@ -147,7 +161,7 @@ class Supervisor:
             self._watch()
             self.governor.tick()
             self.reporter.tick(self.workers, self._healthy())
-            if self.workers[Worker.SINK].state == WorkerState.RUNNING:
+            if self.workers[WorkerId(Worker.SINK)].state == WorkerState.RUNNING:
                 self.system_log.flush()
             if self.options.duration_s is not None and \
                     time.monotonic() - started >= self.options.duration_s:
@@ -201,10 +215,13 @@ class Supervisor:
             worker.start()
             return
         if worker.kind == Worker.CAPTURE and code == 0 and worker.stall is None:
-            log.info("supervisor.source_finished",
-                     frames=self.control.counter(Counter.FRAMES_CAPTURED))
+            source = self.config.sources[worker.id.index]
+            log.info("supervisor.source_finished", source=source.name,
+                     frames=self.control.get(worker.id, Slot.PROGRESS))
             worker.set_state(WorkerState.EXITED)
-            self.should_exit, self.drain = True, True
+            captures = [w for w in self.workers.values() if w.kind == Worker.CAPTURE]
+            if all(w.state == WorkerState.EXITED for w in captures):
+                self.should_exit, self.drain = True, True  # every source is done: drain
             return
         if code == ExitCode.UNAVAILABLE:
             log.error("supervisor.worker_unavailable", worker=worker.name,
@@ -241,7 +258,7 @@ class Supervisor:
             self.notifier.ready()
             return
         if tuple(names) != self.class_names:
-            plan.restart.add(Worker.SINK)  # the sink labels events by class id
+            plan.restart.add(WorkerId(Worker.SINK))  # the sink labels events by class id
         if new.thermal != self.config.thermal or facts.dynamic != self.facts.dynamic:
             self.facts = facts
             self.governor.reconfigure(new.thermal, self._sizes_supported(new))
@@ -252,8 +269,8 @@ class Supervisor:
             worker.args = dataclasses.replace(worker.args, config=new, class_names=self.class_names,
                                               config_generation=generation)
             worker.cfg = new.watchdog
-        for kind in plan.restart:
-            self.workers[kind].terminate("config reload", planned=True)
+        for wid in plan.restart:
+            self.workers[wid].terminate("config reload", planned=True)
         self.reporter.config = new
         log.info("supervisor.reloaded", changed=plan.changed,
                  restarted=sorted(w.title for w in plan.restart))
@@ -266,13 +283,13 @@ class Supervisor:
         self.notifier.stopping()
         deadline = time.monotonic() + self.config.daemon.stop_timeout_s
         log.info("supervisor.stopping", drain=self.drain)
-        for kind in _STOP_ORDER:
-            worker = self.workers[kind]
+        for wid in worker_ids(self.config, _STOP_ORDER):
+            worker = self.workers[wid]
             if not worker.alive:
                 continue
-            # Inference drains the frame ring only when the source ended by itself
+            # Inference drains the frame rings only when the sources ended by themselves
             # (files, --max-frames); on a signal it finishes the frame in hand.
-            worker.request_stop(drain=self.drain and kind == Worker.INFERENCE)
+            worker.request_stop(drain=self.drain and wid.kind == Worker.INFERENCE)
             while not worker.join(0.2):
                 if not self.signals.empty() and self._forced():
                     break

@@ -20,7 +20,7 @@ from multiprocessing.process import BaseProcess
 import structlog
 
 from edged.config import WatchdogConfig
-from edged.ipc.control import ControlBlock, Slot, Worker, WorkerState
+from edged.ipc.control import ControlBlock, Slot, Worker, WorkerId, WorkerRef, WorkerState
 from edged.workers.base import WorkerArgs
 
 log = structlog.get_logger()
@@ -29,7 +29,7 @@ log = structlog.get_logger()
 _CONTEXT = mp.get_context("spawn")
 
 
-def stall_reason(control: ControlBlock, worker: Worker, cfg: WatchdogConfig,
+def stall_reason(control: ControlBlock, worker: WorkerRef, cfg: WatchdogConfig,
                  now_ns: int) -> str | None:
     """Why `worker` counts as stalled at `now_ns` (monotonic), or None when it is healthy."""
     state = control.state(worker)
@@ -40,7 +40,8 @@ def stall_reason(control: ControlBlock, worker: Worker, cfg: WatchdogConfig,
         Worker.CAPTURE: cfg.capture_stall_s,
         Worker.INFERENCE: cfg.inference_stall_s,
         Worker.SINK: cfg.sink_stall_s,
-    }[worker]
+        Worker.UPLINK: cfg.sink_stall_s,
+    }[worker.kind if isinstance(worker, WorkerId) else worker]
     busy_since = control.get(worker, Slot.BUSY_SINCE_NS)
     if busy_since and (now_ns - busy_since) / 1e9 > cfg.inference_timeout_s:
         return f"stalled: one inference running for {(now_ns - busy_since) / 1e9:.1f} s"
@@ -51,12 +52,12 @@ def stall_reason(control: ControlBlock, worker: Worker, cfg: WatchdogConfig,
 
 
 class WorkerProcess:
-    """One worker kind: its current process, its state and its restart history."""
+    """One worker: its current process, its state and its restart history."""
 
     def __init__(self, args: WorkerArgs, control: ControlBlock, cfg: WatchdogConfig,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.args = args
-        self.kind: Worker = args.worker
+        self.id: WorkerId = args.worker
         self.control = control
         self.cfg = cfg
         self.clock = clock
@@ -72,23 +73,27 @@ class WorkerProcess:
 
     @property
     def name(self) -> str:
-        return self.kind.title
+        return self.id.title
+
+    @property
+    def kind(self) -> Worker:
+        return self.id.kind
 
     @property
     def state(self) -> WorkerState:
-        return self.control.state(self.kind)
+        return self.control.state(self.id)
 
     def set_state(self, state: WorkerState, **why: object) -> None:
         previous = self.state
         if previous == state:
             return
-        self.control.set(self.kind, Slot.STATE, state)
+        self.control.set(self.id, Slot.STATE, state)
         log.debug("worker.state", worker=self.name, old=previous.name.lower(),
                   new=state.name.lower(), **why)
 
     def start(self) -> None:
         for slot in (Slot.STOP, Slot.LOOP_READY, Slot.BUSY_SINCE_NS):
-            self.control.set(self.kind, slot, 0)
+            self.control.set(self.id, slot, 0)
         self.kill_at, self.stall, self.planned = None, None, False
         from edged.workers.entry import main
 
@@ -96,9 +101,9 @@ class WorkerProcess:
                                    daemon=False)
         process.start()
         self.process = process
-        self.control.set(self.kind, Slot.PID, process.pid or 0)
-        self.control.set(self.kind, Slot.STARTED_NS, time.monotonic_ns())
-        self.control.beat(self.kind)
+        self.control.set(self.id, Slot.PID, process.pid or 0)
+        self.control.set(self.id, Slot.STARTED_NS, time.monotonic_ns())
+        self.control.beat(self.id)
         self.set_state(WorkerState.STARTING, pid=process.pid)
         log.info("worker.spawned", worker=self.name, pid=process.pid)
 
@@ -111,7 +116,7 @@ class WorkerProcess:
         return None if self.process is None else self.process.exitcode
 
     def request_stop(self, drain: bool) -> None:
-        self.control.set(self.kind, Slot.STOP, 2 if drain else 1)
+        self.control.set(self.id, Slot.STOP, 2 if drain else 1)
         if self.alive:
             self.set_state(WorkerState.STOPPING, drain=drain)
 
@@ -172,7 +177,7 @@ class WorkerProcess:
         return True
 
     def mark_running_when_ready(self) -> None:
-        if self.state == WorkerState.STARTING and self.control.get(self.kind, Slot.LOOP_READY):
+        if self.state == WorkerState.STARTING and self.control.get(self.id, Slot.LOOP_READY):
             self.set_state(WorkerState.RUNNING)
 
     def unhealthy_for(self) -> float:

@@ -8,21 +8,54 @@ are atomic on every platform we run on.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
 
+from edged.ipc.limits import MAX_SOURCES
 from edged.ipc.segment import Segment
 
 
 class Worker(IntEnum):
+    """Worker kinds; there is one capture worker per source, one of each other kind."""
+
     CAPTURE = 0
     INFERENCE = 1
     SINK = 2
+    UPLINK = 3
 
     @property
     def title(self) -> str:
         return self.name.lower()
+
+
+
+@dataclass(frozen=True, order=True)
+class WorkerId:
+    """One worker process: its kind and, for capture, the index of its source."""
+
+    kind: Worker
+    index: int = 0
+
+    @property
+    def title(self) -> str:
+        """Name in logs, process titles and `edged status`: capture, capture-1, inference."""
+        return self.kind.title if self.index == 0 else f"{self.kind.title}-{self.index}"
+
+    @property
+    def row(self) -> int:
+        if self.kind == Worker.CAPTURE:
+            return self.index
+        return MAX_SOURCES + self.kind - 1
+
+
+WorkerRef = WorkerId | Worker  # a bare kind means its only (or first) worker
+_ROWS = MAX_SOURCES + len(Worker) - 1
+
+
+def _row(worker: WorkerRef) -> int:
+    return (worker if isinstance(worker, WorkerId) else WorkerId(worker)).row
 
 
 class WorkerState(IntEnum):
@@ -48,15 +81,17 @@ class Slot(IntEnum):
     BUSY_SINCE_NS = 5  # inference: when the current run started; 0 when idle
     STOP = 6  # 1 = supervisor asks the worker to finish and exit
     LOOP_READY = 7  # 1 once the worker entered its work loop (model loaded, DB open)
+    # Capture workers only (one per source):
+    SOURCE_UP = 8  # 1 while the source delivers frames
+    RECONNECTS = 9
+    SOURCE_FPS_MILLI = 10  # the source's nominal fps x 1000
+    SOURCE_ENDED = 11  # 1 once a file source reached its end (or --max-frames)
 
 
 class Counter(IntEnum):
     """Global counters, each with one writer (named in the comment)."""
 
-    FRAMES_CAPTURED = 0  # capture
-    SOURCE_UP = 1  # capture: 1 while the source delivers frames
-    RECONNECTS = 2  # capture
-    FRAMES_INFERRED = 3  # inference
+    FRAMES_INFERRED = 3  # inference (0-2: per-source words now live in the capture rows)
     INFER_US_TOTAL = 4  # inference: sum of backend time, for interval averages
     INFER_US_LAST = 5  # inference
     RESULTS_EMITTED = 6  # inference: records put on the result ring
@@ -67,7 +102,6 @@ class Counter(IntEnum):
     EVENTS_COMMITTED = 11  # sink
     ROWS_COMMITTED = 12  # sink
     DB_BYTES = 13  # sink
-    SOURCE_FPS_MILLI = 14  # capture: the source's nominal fps x 1000
     CONF_MILLI = 15  # inference: the score threshold in force x 1000
     CONFIG_GENERATION = 16  # supervisor: reloads applied
     FRAMES_PREDICTED = 17  # inference: skipped frames whose boxes the tracker predicted
@@ -81,6 +115,9 @@ class Counter(IntEnum):
     MODE_TRANSITIONS = 24  # supervisor
     FRAMES_SKIPPED_PAUSED = 25  # inference: frames passed over while paused
     NEXT_TRACK_ID = 26  # inference: a restarted tracker never reuses an id
+    OUTBOX_BACKLOG = 40  # uplink: events whose latest state the broker has not acknowledged
+    OUTBOX_SENT = 41  # uplink: event messages the broker acknowledged (this uplink process)
+    UPLINK_CONNECTED = 42  # uplink: 1 while connected to the broker
 
 
 class Histogram(IntEnum):
@@ -100,18 +137,17 @@ _COUNTER_WORDS = 64
 class ControlBlock:
     def __init__(self, segment: Segment) -> None:
         self.segment = segment
-        self._slots = segment.array(np.int64, len(Worker) * _SLOT_WORDS, 0).reshape(
-            len(Worker), _SLOT_WORDS)
-        self._counters = segment.array(
-            np.int64, _COUNTER_WORDS, len(Worker) * _SLOT_WORDS * 8)
+        self._slots = segment.array(np.int64, _ROWS * _SLOT_WORDS, 0).reshape(
+            _ROWS, _SLOT_WORDS)
+        self._counters = segment.array(np.int64, _COUNTER_WORDS, _ROWS * _SLOT_WORDS * 8)
         self._hist = segment.array(
             np.int64, len(Histogram) * _HIST_WORDS,
-            (len(Worker) * _SLOT_WORDS + _COUNTER_WORDS) * 8).reshape(len(Histogram), _HIST_WORDS)
+            (_ROWS * _SLOT_WORDS + _COUNTER_WORDS) * 8).reshape(len(Histogram), _HIST_WORDS)
         self._bounds_us = np.array([b * 1e6 for b in HISTOGRAM_BOUNDS_S])
 
     @staticmethod
     def create(name: str) -> Segment:
-        words = len(Worker) * _SLOT_WORDS + _COUNTER_WORDS + len(Histogram) * _HIST_WORDS
+        words = _ROWS * _SLOT_WORDS + _COUNTER_WORDS + len(Histogram) * _HIST_WORDS
         return Segment.create(name, words * 8)
 
     def observe(self, histogram: Histogram, micros: int) -> None:
@@ -124,23 +160,37 @@ class ControlBlock:
         row = self._hist[histogram]
         return np.cumsum(row[:-1]).tolist(), float(row[-1]) / 1e6
 
-    def get(self, worker: Worker, slot: Slot) -> int:
-        return int(self._slots[worker, slot])
+    def get(self, worker: WorkerRef, slot: Slot) -> int:
+        return int(self._slots[_row(worker), slot])
 
-    def set(self, worker: Worker, slot: Slot, value: int) -> None:
-        self._slots[worker, slot] = value
+    def set(self, worker: WorkerRef, slot: Slot, value: int) -> None:
+        self._slots[_row(worker), slot] = value
 
-    def beat(self, worker: Worker, progress: int | None = None) -> None:
+    def bump(self, worker: WorkerRef, slot: Slot, delta: int = 1) -> None:
+        self._slots[_row(worker), slot] += delta
+
+    def beat(self, worker: WorkerRef, progress: int | None = None) -> None:
         """Called by the worker's own loop each iteration (never by a helper thread)."""
-        self._slots[worker, Slot.HEARTBEAT_NS] = time.monotonic_ns()
+        row = _row(worker)
+        self._slots[row, Slot.HEARTBEAT_NS] = time.monotonic_ns()
         if progress is not None:
-            self._slots[worker, Slot.PROGRESS] = progress
+            self._slots[row, Slot.PROGRESS] = progress
 
-    def state(self, worker: Worker) -> WorkerState:
+    def state(self, worker: WorkerRef) -> WorkerState:
         return WorkerState(self.get(worker, Slot.STATE))
 
-    def stop_requested(self, worker: Worker) -> bool:
-        return bool(self._slots[worker, Slot.STOP])
+    def stop_requested(self, worker: WorkerRef) -> bool:
+        return bool(self._slots[_row(worker), Slot.STOP])
+
+    def captured(self) -> int:
+        """Frames read over all sources (each capture row counts its own)."""
+        return int(self._slots[:MAX_SOURCES, Slot.PROGRESS].sum())
+
+    def sources_up(self, count: int) -> list[bool]:
+        return [bool(v) for v in self._slots[:count, Slot.SOURCE_UP]]
+
+    def reconnects(self) -> int:
+        return int(self._slots[:MAX_SOURCES, Slot.RECONNECTS].sum())
 
     def counter(self, counter: Counter) -> int:
         return int(self._counters[counter])

@@ -28,7 +28,8 @@ _SAMPLE_S = 0.2
 def _mode_config(config: Config, mode: str, video: Path, db: Path, threads: int) -> dict:
     settings = next(m for m in config.thermal.modes if m.name == mode)
     doc = json.loads(config.model_dump_json())
-    doc["source"].update(uri=str(video), mode="lossless", loop=False, fps=None)
+    doc["sources"] = [{**doc["sources"][0], "uri": str(video), "mode": "lossless",
+                       "loop": False, "fps": None, "roi": None}]
     doc["model"].update(input_size=settings.input_size, intra_op_threads=threads)
     doc["store"]["path"] = str(db)
     doc["logging"] = {"format": "json", "level": "info"}

@@ -13,7 +13,7 @@ from setproctitle import setproctitle
 
 from edged.config import Config
 from edged.ipc.config_channel import ConfigChannel
-from edged.ipc.control import ControlBlock, Slot, Worker
+from edged.ipc.control import ControlBlock, Slot, WorkerId
 from edged.ipc.segment import Segment
 from edged.logging import setup_logging
 
@@ -23,7 +23,7 @@ class IpcNames:
     """Shared-memory segment names, created (and later unlinked) by the supervisor."""
 
     control: str
-    frames: str
+    frames: tuple[str, ...]  # one ring per source, in `sources` order
     results: str
     config: str
 
@@ -37,7 +37,7 @@ class RunLimits:
 class WorkerArgs:
     """Everything a worker needs, pickled once at spawn."""
 
-    worker: Worker
+    worker: WorkerId
     config: Config
     ipc: IpcNames
     limits: RunLimits
@@ -48,7 +48,7 @@ class WorkerArgs:
 class StopFlag:
     """Set by SIGTERM (the watchdog's polite kill) or by the supervisor's STOP word."""
 
-    def __init__(self, control: ControlBlock, worker: Worker) -> None:
+    def __init__(self, control: ControlBlock, worker: WorkerId) -> None:
         self._control = control
         self._worker = worker
         self._signalled = False

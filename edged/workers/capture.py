@@ -1,4 +1,5 @@
-"""Capture worker: source -> frame ring, paced like a camera or lossless for evaluation."""
+"""Capture worker (one per source): source -> its frame ring, paced like a camera or
+lossless for evaluation."""
 
 from __future__ import annotations
 
@@ -6,15 +7,13 @@ import time
 
 import structlog
 
-from edged.ipc.control import ControlBlock, Counter, Slot, Worker
+from edged.ipc.control import ControlBlock, Slot, WorkerId
 from edged.ipc.frames import FrameHeader, FrameWriter
 from edged.ipc.segment import Segment
 from edged.workers.base import StopFlag, WorkerArgs, setup_process
 from edged.workers.source import SourceError, VideoSource
 
 log = structlog.get_logger()
-
-_ME = Worker.CAPTURE
 
 
 class Pacer:
@@ -47,7 +46,8 @@ class Backoff:
 
 def run(args: WorkerArgs) -> int:
     ctx = setup_process(args)
-    writer = FrameWriter(Segment.attach(args.ipc.frames))
+    index = args.worker.index
+    writer = FrameWriter(Segment.attach(args.ipc.frames[index]))
     capture = Capture(args, ctx.control, writer, ctx.stop)
     return capture.loop()
 
@@ -56,31 +56,35 @@ class Capture:
     def __init__(
         self, args: WorkerArgs, control: ControlBlock, writer: FrameWriter, stop: StopFlag
     ) -> None:
-        self.cfg = args.config.source
+        self.me: WorkerId = args.worker
+        self.cfg = args.config.sources[self.me.index]
         self.max_frames = args.limits.max_frames
         self.control, self.writer, self.stop = control, writer, stop
         self.source = VideoSource(self.cfg)
         self.backoff = Backoff(self.cfg.reconnect_initial_s, self.cfg.reconnect_max_s)
         self.lossless = self.cfg.kind == "file" and self.cfg.mode == "lossless"
-        self.sent = control.counter(Counter.FRAMES_CAPTURED)  # continues after a restart
+        self.sent = control.get(self.me, Slot.PROGRESS)  # continues after a restart
+
+    def _set(self, slot: Slot, value: int) -> None:
+        self.control.set(self.me, slot, value)
 
     def loop(self) -> int:
-        control = self.control
-        control.set(_ME, Slot.LOOP_READY, 1)
+        self._set(Slot.LOOP_READY, 1)
         while not self.stop:
-            control.beat(_ME, self.sent)
+            self.control.beat(self.me, self.sent)
             if not self._connect():
                 continue
             pacer = Pacer(self.cfg.fps or self.source.nominal_fps)
-            control.put(Counter.SOURCE_FPS_MILLI, int(self.source.nominal_fps * 1000))
+            self._set(Slot.SOURCE_FPS_MILLI, int(self.source.nominal_fps * 1000))
             if self._stream(pacer) == "ended":
                 log.info("capture.source_ended", source=self.source.shown, frames=self.sent)
-                control.put(Counter.SOURCE_UP, 0)
+                self._set(Slot.SOURCE_UP, 0)
+                self._set(Slot.SOURCE_ENDED, 1)
                 self.source.close()
                 return 0
         self.source.close()
-        control.put(Counter.SOURCE_UP, 0)
-        log.info("capture.stopped", frames=self.sent)
+        self._set(Slot.SOURCE_UP, 0)
+        log.info("capture.stopped", source=self.cfg.name, frames=self.sent)
         return 0
 
     def _connect(self) -> bool:
@@ -88,7 +92,8 @@ class Capture:
             self.source.open()
         except SourceError as exc:
             delay = self.backoff.next_delay()
-            log.warning("capture.reconnecting", reason=str(exc), retry_in_s=round(delay, 2))
+            log.warning("capture.reconnecting", source=self.cfg.name, reason=str(exc),
+                        retry_in_s=round(delay, 2))
             self._sleep(delay)
             return False
         self.backoff.reset()
@@ -96,10 +101,9 @@ class Capture:
 
     def _stream(self, pacer: Pacer) -> str:
         """Read until the source fails ("lost"), ends ("ended") or we are told to stop."""
-        control = self.control
         paced = not self.lossless and (self.cfg.kind == "file" or self.cfg.fps is not None)
         while not self.stop:
-            control.beat(_ME, self.sent)
+            self.control.beat(self.me, self.sent)
             if self.max_frames is not None and self.sent >= self.max_frames:
                 return "ended"
             if self.lossless and not self.writer.wait_for_room(0.5, lambda: bool(self.stop)):
@@ -109,25 +113,23 @@ class Capture:
             try:
                 frame = self.source.read()
             except SourceError as exc:
-                control.put(Counter.SOURCE_UP, 0)
-                control.add(Counter.RECONNECTS)
-                log.warning("capture.source_lost", reason=str(exc))
+                self._set(Slot.SOURCE_UP, 0)
+                self.control.bump(self.me, Slot.RECONNECTS)
+                log.warning("capture.source_lost", source=self.cfg.name, reason=str(exc))
                 self.source.close()
                 return "lost"
             if frame is None:
                 if self.cfg.loop and self.source.rewind():
                     continue
                 return "ended"
-            now_ns = time.monotonic_ns()
-            self.writer.put(frame, FrameHeader(0, now_ns, time.time_ns(), 0,
-                                               self.source.position - 1))
+            self.writer.put(frame, FrameHeader(0, time.monotonic_ns(), time.time_ns(),
+                                               self.me.index, self.source.position - 1))
             self.sent += 1
-            control.add(Counter.FRAMES_CAPTURED)
-            control.put(Counter.SOURCE_UP, 1)
+            self._set(Slot.SOURCE_UP, 1)
         return "stopped"
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while not self.stop and time.monotonic() < deadline:
-            self.control.beat(_ME, self.sent)
+            self.control.beat(self.me, self.sent)
             time.sleep(min(0.1, seconds))

@@ -16,7 +16,7 @@ def main(args: WorkerArgs) -> None:
     from edged.store import StoreError
 
     # Import only this worker's module: the sink has no use for ONNX Runtime's memory.
-    module = importlib.import_module(f"edged.workers.{args.worker.title}")
+    module = importlib.import_module(f"edged.workers.{args.worker.kind.title}")
     try:
         code = module.run(args)
     except (ModelUnavailable, StoreError) as exc:

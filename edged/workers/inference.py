@@ -19,6 +19,7 @@ from edged.ipc.results import FrameResult, ResultWriter
 from edged.ipc.segment import Segment
 from edged.vision.detections import Detections
 from edged.vision.detector import Detector, filter_detections
+from edged.vision.roi import inside_roi
 from edged.vision.tracker import Track, Tracker
 from edged.workers.base import WorkerArgs, setup_process
 
@@ -64,18 +65,27 @@ def _as_detections(tracks: list[Track]) -> Detections:
                       np.array([t.track_id for t in tracks], np.int32))
 
 
+class SourceState:
+    """What inference keeps per source: its ring, its tracker, its frame-skip count."""
+
+    def __init__(self, index: int, reader: FrameReader, tracker: Tracker) -> None:
+        self.index, self.reader, self.tracker = index, reader, tracker
+        self.since_inference = 0
+        self.last_inference = 0.0
+
+
 class Inference:
-    def __init__(self, args: WorkerArgs, control: ControlBlock, reader: FrameReader,
+    def __init__(self, args: WorkerArgs, control: ControlBlock, readers: list[FrameReader],
                  writer: ResultWriter) -> None:
         self.cfg = args.config
         self.names = list(args.class_names)
-        self.control, self.reader, self.writer = control, reader, writer
+        self.control, self.writer = control, writer
         self.pool = DetectorPool(self.cfg)
         # Ids continue across restarts, so the sink never merges two objects into one event.
-        self.tracker = Tracker(self.cfg.tracker,
-                               first_id=max(1, control.counter(Counter.NEXT_TRACK_ID)))
-        self.since_inference = 0
-        self.last_inference = 0.0
+        first_id = max(1, control.counter(Counter.NEXT_TRACK_ID))
+        self.sources = [SourceState(i, reader, Tracker(self.cfg.tracker, first_id=first_id))
+                        for i, reader in enumerate(readers)]
+        self.turn = 0
         self.paused = False
         self.conf = self.cfg.detect.conf
         self._publish_conf()
@@ -85,7 +95,7 @@ class Inference:
         self.pool.cfg = cfg
         self._publish_conf()
         log.info("inference.settings", conf=self.conf, iou=cfg.detect.iou,
-                 classes=cfg.source.classes, min_score=cfg.source.min_score)
+                 classes={s.name: s.classes for s in cfg.sources})
 
     def _publish_conf(self) -> float:
         """The threshold in force: the configured one, raised by the governor when hot."""
@@ -105,29 +115,45 @@ class Inference:
             return False
         if self.paused:
             self.paused = False
-            control.add(Counter.FRAMES_SKIPPED_PAUSED, self.reader.ring.skip_to_latest())
+            for source in self.sources:
+                control.add(Counter.FRAMES_SKIPPED_PAUSED, source.reader.ring.skip_to_latest())
             log.info("inference.resumed")
-        got = self.reader.get(_WAIT_S)
+        got = self._next_frame()
         if got is None:
             return False
-        image, header = got
-        if self._due():
-            self._infer(image, header)
+        source, image, header = got
+        if self._due(source):
+            self._infer(source, image, header)
         else:
-            self._predict(header)
+            self._predict(source, header)
         return True
 
-    def _due(self) -> bool:
+    def _next_frame(self) -> tuple[SourceState, np.ndarray, FrameHeader] | None:
+        """Round-robin over the sources, so a busy camera cannot starve a quiet one."""
+        deadline = time.monotonic() + _WAIT_S
+        count = len(self.sources)
+        while True:
+            for offset in range(count):
+                source = self.sources[(self.turn + offset) % count]
+                got = source.reader.get(0.0)
+                if got is not None:
+                    self.turn = (source.index + 1) % count
+                    return source, *got
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.001)
+
+    def _due(self, source: SourceState) -> bool:
         skip = max(1, self.control.counter(Counter.MODE_FRAME_SKIP))
         # A lossless file has no clock: the cap would only turn a backlog into predictions.
-        lossless = self.cfg.source.mode == "lossless"
+        lossless = self.cfg.sources[source.index].mode == "lossless"
         fps_cap = 0.0 if lossless else self.control.counter(Counter.MODE_FPS_MILLI) / 1000
-        self.since_inference += 1
-        if self.since_inference < skip:
+        source.since_inference += 1
+        if source.since_inference < skip:
             return False
-        return not fps_cap or time.monotonic() - self.last_inference >= 1.0 / fps_cap
+        return not fps_cap or time.monotonic() - source.last_inference >= 1.0 / fps_cap
 
-    def _infer(self, image: np.ndarray, header: FrameHeader) -> None:
+    def _infer(self, source: SourceState, image: np.ndarray, header: FrameHeader) -> None:
         control = self.control
         detector = self.pool.get(control.counter(Counter.MODE_INPUT_SIZE))
         conf = self._publish_conf()
@@ -139,25 +165,28 @@ class Inference:
         infer_us = (time.monotonic_ns() - started) // 1000
         control.set(_ME, Slot.BUSY_SINCE_NS, 0)
         # The fps cap spaces inference *starts*: a backlog in the ring must not look fast.
-        self.since_inference, self.last_inference = 0, started / 1e9
-        tracks = [t for t in self.tracker.update(dets, high_score=conf) if t.score >= conf]
-        control.put(Counter.NEXT_TRACK_ID, self.tracker.next_id)
-        self._emit(header, _as_detections(tracks), infer_us, detector.input_size, False)
+        source.since_inference, source.last_inference = 0, started / 1e9
+        tracks = [t for t in source.tracker.update(dets, high_score=conf) if t.score >= conf]
+        control.put(Counter.NEXT_TRACK_ID,
+                    max(control.counter(Counter.NEXT_TRACK_ID), source.tracker.next_id))
+        self._emit(source, header, _as_detections(tracks), infer_us, detector.input_size, False)
         control.add(Counter.FRAMES_INFERRED)
         control.add(Counter.INFER_US_TOTAL, infer_us)
         control.put(Counter.INFER_US_LAST, infer_us)
         control.put(Counter.INPUT_SIZE, detector.input_size)
         control.observe(Histogram.INFERENCE, infer_us)
 
-    def _predict(self, header: FrameHeader) -> None:
-        tracks = [t for t in self.tracker.predict() if t.score >= self.conf]
-        self._emit(header, _as_detections(tracks), 0, 0, True)
+    def _predict(self, source: SourceState, header: FrameHeader) -> None:
+        tracks = [t for t in source.tracker.predict() if t.score >= self.conf]
+        self._emit(source, header, _as_detections(tracks), 0, 0, True)
         self.control.add(Counter.FRAMES_PREDICTED)
 
-    def _emit(self, header: FrameHeader, dets: Detections, infer_us: int, size: int,
-              predicted: bool) -> None:
-        src = self.cfg.source
+    def _emit(self, source: SourceState, header: FrameHeader, dets: Detections, infer_us: int,
+              size: int, predicted: bool) -> None:
+        src = self.cfg.sources[source.index]
         dets = filter_detections(dets, self.names, src.classes, src.min_score)
+        if src.roi is not None:
+            dets = dets.select(inside_roi(dets.boxes, src.roi))
         self.writer.put(FrameResult(header.item, header.capture_mono_ns, header.wall_ns,
                                     header.source_index, header.position, infer_us, size, dets,
                                     predicted))
@@ -168,9 +197,9 @@ class Inference:
 def run(args: WorkerArgs) -> int:
     ctx = setup_process(args)
     control, stop = ctx.control, ctx.stop
-    reader = FrameReader(Segment.attach(args.ipc.frames))
+    readers = [FrameReader(Segment.attach(name)) for name in args.ipc.frames]
     writer = ResultWriter(Segment.attach(args.ipc.results))
-    inference = Inference(args, control, reader, writer)
+    inference = Inference(args, control, readers, writer)
     control.put(Counter.INPUT_SIZE, inference.pool.base.input_size)
     control.set(_ME, Slot.LOOP_READY, 1)
     log.info("inference.ready", input_size=inference.pool.base.input_size,

@@ -28,7 +28,7 @@ def run(args: WorkerArgs) -> int:
     cfg = args.config
     store = EventStore.open(cfg.store.path, cfg.store)  # StoreError here: exit 69
     names = list(args.class_names)
-    source = cfg.source.name
+    sources = [src.name for src in cfg.sources]
     control.set(_ME, Slot.LOOP_READY, 1)
     consumed = control.counter(Counter.RESULTS_CONSUMED)
     overflows_seen = reader.ring.drops
@@ -37,7 +37,7 @@ def run(args: WorkerArgs) -> int:
         while True:
             control.beat(_ME, consumed)
             if (new := ctx.reloads.poll()) is not None:
-                source = new.source.name
+                sources = [src.name for src in new.sources]
                 store.reconfigure(new.store)
                 next_prune = 0.0  # a lowered size cap takes effect now, not in 10 minutes
             now = time.monotonic()
@@ -46,8 +46,9 @@ def run(args: WorkerArgs) -> int:
                 _guarded(store.prune, time.time())
             result = reader.get(_WAIT_S)
             if result is not None:
-                store.add_frame(source, result.frame_item, result.wall_ns / 1e9,
-                                result.detections, names, predicted=result.predicted)
+                store.add_frame(sources[result.source_index], result.frame_item,
+                                result.wall_ns / 1e9, result.detections, names,
+                                predicted=result.predicted)
                 consumed += 1
                 control.put(Counter.RESULTS_CONSUMED, consumed)
                 control.observe(Histogram.END_TO_END,

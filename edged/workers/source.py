@@ -31,7 +31,12 @@ class VideoSource:
             target: int | str = int(self.cfg.uri) if self.cfg.uri.isdigit() else self.cfg.uri
             cap = cv2.VideoCapture(target, cv2.CAP_V4L2)
         elif kind == "url":
-            cap = cv2.VideoCapture(self.cfg.uri, cv2.CAP_FFMPEG)
+            # A stalled stream must fail the read within timeout_s (then we reconnect),
+            # not block the capture loop until the watchdog calls it a stall.
+            timeout_ms = int(self.cfg.timeout_s * 1000)
+            cap = cv2.VideoCapture(self.cfg.uri, cv2.CAP_FFMPEG,
+                                   [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
+                                    cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms])
         else:
             cap = cv2.VideoCapture(self.cfg.uri)
         if not cap.isOpened():

@@ -44,7 +44,7 @@ def test_metrics_move_during_a_run(
     seen = len(daemon.find("status"))
     daemon.wait_for(lambda: len(daemon.find("status")) >= seen + 3, 60, "more frames")
     second = _scrape(port)
-    for name in ("edged_frames_captured_total", "edged_frames_inferred_total",
+    for name in ("edged_frames_captured_total,source=vtest", "edged_frames_inferred_total",
                  "edged_detections_total"):
         assert second[name] > first[name], name
     assert second["edged_events_written_total"] > 0
@@ -52,6 +52,7 @@ def test_metrics_move_during_a_run(
     assert second["edged_inference_seconds_sum"] > 0
     assert second["edged_end_to_end_seconds_count"] > 0
     assert second["edged_thermal_mode,mode=high"] == 1.0
+    assert second["edged_source_up,source=vtest"] == 1.0
     assert second["edged_worker_up,worker=inference"] == 1.0
     assert "edged_queue_dropped_total,queue=frames" in second
     assert second["edged_db_size_bytes"] > 0

@@ -22,9 +22,9 @@ BASE = "source:\n  uri: video.avi\nmodel:\n  path: model.onnx\n"
 
 def test_relative_paths_resolve_next_to_the_file(tmp_path: Path) -> None:
     config = load_config(_write(tmp_path / "edged.yaml", BASE)).config
-    assert config.source.uri == str(tmp_path / "video.avi")
+    assert config.sources[0].uri == str(tmp_path / "video.avi")
     assert config.model.path == tmp_path / "model.onnx"
-    assert config.source.kind == "file"
+    assert config.sources[0].kind == "file"
 
 
 def test_conf_d_files_merge_in_name_order(tmp_path: Path) -> None:
@@ -78,9 +78,9 @@ def test_lossless_needs_a_file_source(tmp_path: Path) -> None:
 
 
 def test_shipped_configs_are_valid() -> None:
-    assert load_config(ROOT / "etc" / "edged" / "edged.yaml").config.source.kind == "camera"
+    assert load_config(ROOT / "etc" / "edged" / "edged.yaml").config.sources[0].kind == "camera"
     dev = load_config(ROOT / "dev" / "edged.yaml").config
-    assert dev.source.loop and dev.source.mode == "paced"
+    assert dev.sources[0].loop and dev.sources[0].mode == "paced"
 
 
 @pytest.mark.parametrize(
@@ -94,3 +94,21 @@ def test_shipped_configs_are_valid() -> None:
 )
 def test_credentials_are_redacted(uri: str, shown: str) -> None:
     assert redact_uri(uri) == shown
+
+
+def test_several_sources_with_an_roi(tmp_path: Path) -> None:
+    text = ("sources:\n  - uri: a.avi\n    name: a\n  - uri: rtsp://cam/2\n    name: b\n"
+            "    roi: [[0, 0], [100, 0], [100, 100]]\nmodel:\n  path: m.onnx\n")
+    config = load_config(_write(tmp_path / "edged.yaml", text)).config
+    assert [s.name for s in config.sources] == ["a", "b"]
+    assert config.sources[0].uri == str(tmp_path / "a.avi")
+    assert config.sources[1].roi == [(0, 0), (100, 0), (100, 100)]
+
+
+def test_source_errors_point_at_the_source_lines(tmp_path: Path) -> None:
+    path = _write(tmp_path / "edged.yaml", BASE.replace("uri: video.avi", "uri: v.avi\n  fps: -1"))
+    with pytest.raises(ConfigError, match=rf"{path}:3: sources.0.fps"):
+        load_config(path)
+    dup = "sources:\n  - uri: a.avi\n  - uri: b.avi\nmodel:\n  path: m.onnx\n"
+    with pytest.raises(ConfigError, match="unique"):
+        load_config(_write(tmp_path / "dup.yaml", dup))
