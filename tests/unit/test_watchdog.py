@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edged.config import Config, ModelConfig, SourceConfig, WatchdogConfig
-from edged.ipc.control import ControlBlock, Slot, Worker, WorkerState
+from edged.ipc.control import ControlBlock, Slot, Worker, WorkerId, WorkerState
 from edged.ipc.segment import new_run_id, segment_name
 from edged.reload import plan_reload
 from edged.watchdog import WorkerProcess, stall_reason
@@ -60,7 +60,8 @@ def test_stopped_or_backing_off_workers_are_not_judged(control: ControlBlock) ->
 
 def _handle(control: ControlBlock, clock: list[float]) -> WorkerProcess:
     config = Config(source=SourceConfig(uri="x.avi"), model=ModelConfig(path=Path("m.onnx")))
-    args = WorkerArgs(Worker.SINK, config, IpcNames("c", "f", "r", "k"), RunLimits(), ())
+    args = WorkerArgs(WorkerId(Worker.SINK), config, IpcNames("c", ("f",), "r", "k"),
+                      RunLimits(), ())
     return WorkerProcess(args, control, CFG, clock=lambda: clock[0])
 
 
@@ -94,7 +95,13 @@ def test_reload_plan_live_restart_and_refused() -> None:
     assert plan.ok and plan.changed == ["detect.conf"] and not plan.restart
     moved = base.model_copy(update={"model": base.model.model_copy(
         update={"path": Path("/other.onnx")})})
-    assert plan_reload(base, moved).restart == {Worker.INFERENCE}
+    assert plan_reload(base, moved).restart == {WorkerId(Worker.INFERENCE)}
     bigger = base.model_copy(update={"queues": base.queues.model_copy(
         update={"frame_slots": 8})})
     assert plan_reload(base, bigger).refused == ["queues.frame_slots"]
+    camera = base.model_copy(update={"sources": [base.sources[0].model_copy(
+        update={"fps": 5.0})]})
+    assert plan_reload(base, camera).restart == {WorkerId(Worker.CAPTURE, 0)}
+    roi = base.model_copy(update={"sources": [base.sources[0].model_copy(
+        update={"classes": ["person"]})]})
+    assert plan_reload(base, roi).ok and not plan_reload(base, roi).restart
