@@ -70,6 +70,8 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
             plan.refused.append(dotted)
         elif (section, name) in _LIVE:
             continue
-        elif (kind := _RESTARTS.get((section, name)) or _RESTARTS.get((section, None))):
-            plan.restart.add(WorkerId(kind, index if kind == Worker.CAPTURE else 0))
+        else:
+            kind = _RESTARTS.get((section, name), _RESTARTS.get((section, None)))
+            if kind is not None:  # Worker.CAPTURE is 0: test for None, not truth
+                plan.restart.add(WorkerId(kind, index if kind == Worker.CAPTURE else 0))
     return plan
