@@ -64,18 +64,37 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from edged.store.queries import parse_since, query_events
+    from edged.store.queries import event_snapshot, parse_since, query_events
 
     db = Path(args.db) if args.db else load_config(_config_path(args.config)).config.store.path
-    try:
-        since = parse_since(args.since) if args.since else None
-    except ValueError as exc:
-        return _fail(ExitCode.USAGE, f"--since: {exc}")
+    times: dict[str, float | None] = {}
+    for flag in ("since", "until"):
+        try:
+            text = getattr(args, flag)
+            times[flag] = parse_since(text) if text else None
+        except ValueError as exc:
+            return _fail(ExitCode.USAGE, f"--{flag}: {exc}")
     if not db.exists():
         return _fail(ExitCode.UNAVAILABLE, f"{db}: no event database yet; has edged run?")
-    rows = query_events(db, since=since, label=args.label, source=args.source, limit=args.limit)
+    if args.snapshot is not None:
+        event = event_snapshot(db, args.snapshot)
+        if event is None or not event["snapshot"]:
+            why = "no such event" if event is None else \
+                "it has none (snapshots.enabled is off, or retention removed it)"
+            return _fail(ExitCode.NOINPUT, f"event {args.snapshot}: no snapshot: {why}")
+        print(event["snapshot"])
+        return 0
+    rows = query_events(db, since=times["since"], until=times["until"], label=args.label,
+                        source=args.source, min_score=args.min_score, limit=args.limit)
     if args.json:
         print(json.dumps(rows, indent=1))
+        return 0
+    if args.csv:
+        import csv
+
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["id"])
+        writer.writeheader()
+        writer.writerows(rows)
         return 0
     for row in rows:
         print(_event_line(row))
@@ -252,11 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
     events = sub.add_parser("events", help="list stored events, newest first")
     events.add_argument("--config")
     events.add_argument("--db", help="event database (default: store.path from the config)")
-    events.add_argument("--since", help="10m, 2h, 3d or an ISO time")
+    events.add_argument("--since", help="last seen at or after: 10m, 2h, 3d or an ISO time")
+    events.add_argument("--until", help="first seen before: 10m, 2h, 3d or an ISO time")
     events.add_argument("--label")
     events.add_argument("--source")
+    events.add_argument("--min-score", type=float, metavar="S", help="best score at least S")
     events.add_argument("--limit", type=int, default=100)
-    events.add_argument("--json", action="store_true")
+    output = events.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true")
+    output.add_argument("--csv", action="store_true", help="CSV with a header row")
+    output.add_argument("--snapshot", metavar="ID", help="print the path of the snapshot of "
+                        "event ID (its id or uid)")
     events.set_defaults(func=cmd_events)
 
     detect = sub.add_parser("detect", help="one-shot detection on an image or video")
@@ -309,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=cmd_version)
+
+    from edged.cli_tools import add_tool_commands
+
+    add_tool_commands(sub)
     return parser
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
 from edged.backends.base import ModelUnavailable
+from edged.backends.select import select_backend
 from edged.config import Config, ConfigError, ModelConfig
 from edged.tools.model_info import read_class_names
 
@@ -27,6 +29,8 @@ class ModelFacts:
     names: list[str]
     dynamic: bool  # height and width are symbolic: any multiple of 32 runs
     input_size: int  # the size the daemon starts with
+    backend: str = "onnxruntime"
+    backend_reason: str = ""
 
 
 def model_facts(model: ModelConfig) -> ModelFacts:
@@ -124,4 +128,8 @@ def check(config: Config) -> tuple[Config, ModelFacts]:
         if source.kind == "file" and not Path(source.uri).is_file():
             raise SourceUnavailable(
                 f"{source.uri}: video file not found; fix the uri of source {source.name}")
+    # An explicit backend that cannot run is exit 69 now, before any worker starts.
+    selection = select_backend(config.model)
+    facts = dataclasses.replace(facts, backend=selection.backend,
+                                backend_reason=selection.reason)
     return with_model_ladder(config, facts), facts

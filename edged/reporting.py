@@ -36,8 +36,9 @@ _READY_WITHOUT_SOURCE_S = 10.0
 
 class Reporter:
     def __init__(self, config: Config, control: ControlBlock, frames: list[Ring], results: Ring,
-                 governor: GovernorLoop, notifier: Notifier) -> None:
+                 governor: GovernorLoop, notifier: Notifier, backend: str = "") -> None:
         self.governor = governor
+        self.backend = backend  # "onnxruntime (auto: no NVIDIA GPU; x86_64 CPU)"
         self.config = config
         self.control = control
         self.frames = frames
@@ -141,6 +142,7 @@ class Reporter:
             ],
             "conf": self.control.counter(Counter.CONF_MILLI) / 1000,
             "input_size": self.control.counter(Counter.INPUT_SIZE),
+            "backend": self.backend,
             "events": self.control.counter(Counter.EVENTS_COMMITTED),
             "db_bytes": self.control.counter(Counter.DB_BYTES),
             "temp_c": self.governor.temp_c,

@@ -94,6 +94,8 @@ def format_status(doc: dict[str, Any]) -> str:
         f"drops {doc['frame_drops']}  source {doc['source']}  conf {doc['conf']}  "
         f"temp {doc['temp_c']}  mode {doc['thermal_mode']}",
     ]
+    if doc.get("backend"):
+        lines.append(f"backend {doc['backend']}")
     if age > 10:
         lines.append(f"warning: status is {age:.0f}s old (supervisor wedged?)")
     lines.append(f"{'worker':<10} {'pid':>7} {'state':<9} {'uptime':>8} {'restarts':>8} "

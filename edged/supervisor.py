@@ -125,8 +125,9 @@ class Supervisor:
         limits = RunLimits(max_frames=self.options.max_frames)
         self.governor = GovernorLoop(self.config.thermal, self.control, self.frames,
                                      self.system_log, self._sizes_supported())
+        backend = f"{self.facts.backend} ({self.facts.backend_reason})"
         self.reporter = Reporter(self.config, self.control, self.frames, self.results,
-                                 self.governor, self.notifier)
+                                 self.governor, self.notifier, backend)
         self._serve_metrics()
         try:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

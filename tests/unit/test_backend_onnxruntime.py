@@ -193,3 +193,71 @@ def test_detector_switches_size_and_conf(default_model: Path) -> None:
     assert detector.conf == 0.9
     with pytest.raises(ValueError):
         detector.set_conf(0)
+
+
+# --- optimized-model cache and I/O binding ---------------------------------------------------
+
+
+def test_io_binding_matches_plain_run_and_follows_size_switches(default_model: Path) -> None:
+    plain = loaded(default_model, input_size=416)
+    bound = loaded(default_model, input_size=416, io_binding="on")
+    assert bound.io_binding and not plain.io_binding  # auto is off on CPU: nothing to save
+    rng = np.random.default_rng(1)
+    for size in (416, 320, 416):
+        plain.set_input_size(size)
+        bound.set_input_size(size)
+        for _ in range(2):
+            x = rng.random((1, 3, size, size), dtype=np.float32)
+            want = plain.infer(x)
+            got = bound.infer(x)
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, atol=1e-5)
+    # The same input buffer refilled in place (what Letterboxer does) stays bound correctly.
+    x = np.zeros((1, 3, 416, 416), np.float32)
+    first = bound.infer(x).copy()
+    x += 0.5
+    np.testing.assert_allclose(bound.infer(x), plain.infer(x), atol=1e-5)
+    assert not np.allclose(first, plain.infer(x))
+
+
+def test_optimized_cache_is_written_then_used(tmp_path: Path, default_model: Path) -> None:
+    cache = tmp_path / "cache"
+    first = loaded(default_model, input_size=320, ort_optimized_cache=True, cache_dir=cache)
+    assert first.describe()["optimized_cache"].startswith("written ")
+    files = list((cache / "ort").glob("yolov3-tiny-*.onnx"))
+    assert len(files) == 1 and not list((cache / "ort").glob(".*tmp"))
+    second = loaded(default_model, input_size=320, ort_optimized_cache=True, cache_dir=cache)
+    assert second.describe()["optimized_cache"] == f"hit {files[0]}"
+    assert second.metadata["layout"] == "yolov5"  # metadata survives the optimized graph
+    x = np.random.default_rng(2).random((1, 3, 320, 320), dtype=np.float32)
+    np.testing.assert_allclose(second.infer(x), first.infer(x), atol=1e-4)
+
+
+def test_optimized_cache_key_changes_with_model_and_providers(
+    tmp_path: Path, default_model: Path, yolov8_model: Path
+) -> None:
+    a = ort_backend.optimized_cache_path(ModelConfig(path=default_model, cache_dir=tmp_path))
+    b = ort_backend.optimized_cache_path(ModelConfig(path=yolov8_model, cache_dir=tmp_path))
+    c = ort_backend.optimized_cache_path(
+        ModelConfig(path=default_model, cache_dir=tmp_path, providers=["cuda", "cpu"]))
+    assert len({a, b, c}) == 3
+    assert a == ort_backend.optimized_cache_path(ModelConfig(path=default_model,
+                                                             cache_dir=tmp_path))
+
+
+def test_torn_cache_file_is_rebuilt(tmp_path: Path, default_model: Path) -> None:
+    config = ModelConfig(path=default_model, ort_optimized_cache=True, cache_dir=tmp_path)
+    path = ort_backend.optimized_cache_path(config)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"half an onnx file")
+    backend = loaded(default_model, ort_optimized_cache=True, cache_dir=tmp_path)
+    assert backend.describe()["optimized_cache"].startswith("written ")
+    assert path.stat().st_size > 1_000_000
+
+
+def test_unwritable_cache_dir_still_loads(tmp_path: Path, default_model: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    backend = loaded(default_model, ort_optimized_cache=True, cache_dir=blocker / "cache")
+    assert backend.describe()["optimized_cache"] == "off"
+    assert backend.infer(np.zeros((1, 3, 416, 416), np.float32)).shape == (1, 2535, 85)
