@@ -44,12 +44,10 @@ log = structlog.get_logger()
 class PipelineCollector(Collector):
     def __init__(self, control: ControlBlock, frames: list[Ring], governor: GovernorLoop,
                  workers: Callable[[], Mapping[WorkerId, WorkerProcess]],
-                 source_names: Callable[[], list[str]],
-                 extra: Callable[[], Mapping[str, float]] = dict) -> None:
+                 source_names: Callable[[], list[str]]) -> None:
         self.control, self.frames, self.governor = control, frames, governor
         self.workers = workers
         self.source_names = source_names
-        self.extra = extra  # more gauges from other parts (e.g. the outbox backlog)
 
     def collect(self) -> Iterator[Metric]:
         c = self.control
@@ -85,8 +83,14 @@ class PipelineCollector(Collector):
                      c.counter(Counter.INPUT_SIZE))
         yield _gauge("edged_db_size_bytes", "Event database size (file + WAL).",
                      c.counter(Counter.DB_BYTES))
-        for name, value in self.extra().items():
-            yield _gauge(name, name.replace("_", " "), value)
+        if any(wid.kind == Worker.UPLINK for wid in self.workers()):
+            yield _gauge("edged_outbox_backlog_events", "Events waiting to be sent upstream.",
+                         c.counter(Counter.OUTBOX_BACKLOG))
+            yield _gauge("edged_uplink_connected", "1 while the MQTT broker is connected.",
+                         c.counter(Counter.UPLINK_CONNECTED))
+            yield _counter("edged_events_sent_total",
+                           "Events acknowledged by the broker (this uplink process).",
+                           c.counter(Counter.OUTBOX_SENT))
 
     def _sources(self) -> Iterator[Metric]:
         captured = CounterMetricFamily("edged_frames_captured",

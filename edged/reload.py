@@ -13,6 +13,7 @@ from edged.ipc.control import Worker, WorkerId
 _FROZEN = {
     ("queues", None), ("sources", "max_width"), ("sources", "max_height"),
     ("daemon", "runtime_dir"), ("detect", "max_det"), ("metrics", None),
+    ("mqtt", "enabled"),  # the uplink worker exists or not for the daemon's life
 }
 # Read by a worker only at start: a change restarts that worker.
 _RESTARTS = {
@@ -20,6 +21,9 @@ _RESTARTS = {
     ("model", None): Worker.INFERENCE,
     ("models", None): Worker.INFERENCE,
     ("store", "path"): Worker.SINK,
+    # The uplink reads its settings at spawn only: the reload channel masks the password.
+    ("mqtt", None): Worker.UPLINK,
+    ("sync", None): Worker.UPLINK,
 }
 # Applied live by the worker that uses them (or by the supervisor itself).
 _LIVE = {("sources", "classes"), ("sources", "min_score"), ("sources", "name"),
@@ -71,6 +75,9 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         elif (section, name) in _LIVE:
             continue
         else:
+            if section == "snapshots":  # written by inference, filed by the sink
+                plan.restart |= {WorkerId(Worker.INFERENCE), WorkerId(Worker.SINK)}
+                continue
             kind = _RESTARTS.get((section, name), _RESTARTS.get((section, None)))
             if kind is not None:  # Worker.CAPTURE is 0: test for None, not truth
                 plan.restart.add(WorkerId(kind, index if kind == Worker.CAPTURE else 0))

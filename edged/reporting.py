@@ -145,6 +145,8 @@ class Reporter:
             "backend": self.backend,
             "events": self.control.counter(Counter.EVENTS_COMMITTED),
             "db_bytes": self.control.counter(Counter.DB_BYTES),
+            "outbox_backlog": self.control.counter(Counter.OUTBOX_BACKLOG),
+            "uplink_connected": bool(self.control.counter(Counter.UPLINK_CONNECTED)),
             "temp_c": self.governor.temp_c,
             "thermal_mode": self.governor.mode_name,
             "mode_changes": self.control.counter(Counter.MODE_TRANSITIONS),

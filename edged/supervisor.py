@@ -270,7 +270,7 @@ class Supervisor:
             worker.args = dataclasses.replace(worker.args, config=new, class_names=self.class_names,
                                               config_generation=generation)
             worker.cfg = new.watchdog
-        for wid in plan.restart:
+        for wid in plan.restart & self.workers.keys():  # an uplink may not be running
             self.workers[wid].terminate("config reload", planned=True)
         self.reporter.config = new
         log.info("supervisor.reloaded", changed=plan.changed,

@@ -11,11 +11,16 @@
 Raw detections are the only rows ever dropped from the buffer: beyond `detections_cap` (while
 commits keep failing) and when a batch cannot fit in the size cap even after pruning; the
 oldest go first, counted in `dropped_detections`. Events and system events are never dropped.
+
+Every event row written also queues it for upstream sync (`edged.store.outbox`) in the same
+transaction: its outbox row is created or its version bumped. Ended events (with the path of
+their snapshot, if any) are marked ended there too, after their last update.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -41,13 +46,25 @@ _INSERT_DETECTION = (
     " track_id, predicted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_SYSTEM = "INSERT INTO system_events (ts, kind, detail) VALUES (?, ?, ?)"
+# Outbox (schema v4): the row is keyed by the event id, found by uid within the transaction.
+_QUEUE_OUTBOX = (
+    "INSERT INTO outbox (event_id, changed_at) SELECT id, ? FROM events WHERE uid = ?"
+    " ON CONFLICT (event_id) DO UPDATE SET version = version + 1,"
+    " changed_at = excluded.changed_at"
+)
+_END_OUTBOX = (
+    "UPDATE outbox SET ended = 1, version = version + 1, changed_at = ?"
+    " WHERE event_id = (SELECT id FROM events WHERE uid = ?) AND ended = 0"
+)
+_SET_SNAPSHOT = "UPDATE events SET snapshot = ? WHERE uid = ?"
 
 # Bytes a row takes in the file, table plus index entries, plus a margin for pages that deletes
 # left part-empty. Sizes the room to make when the database is full. Measured on 20 000 fresh
 # schema-v3 rows with non-integer box coordinates (the tracker's Kalman boxes never are
 # integers): events 217 (a random 32-char uid twice, two time indexes, the (source, track_id)
-# index), detections 99; system events 80 (schema v1).
-EVENT_ROW_BYTES = 250
+# index), detections 99; system events 80 (schema v1). Schema v4 adds an outbox row per event
+# (about 30 bytes, plus its pending-index entry until it is sent).
+EVENT_ROW_BYTES = 290
 DETECTION_ROW_BYTES = 110
 SYSTEM_ROW_BYTES = 100
 
@@ -64,11 +81,12 @@ class Batch:
         self.events: dict[str, OpenEvent] = {}  # uid -> event to insert/update next commit
         self.detections: list[DetectionRow] = []
         self.system: list[SystemRow] = []
+        self.ended: dict[str, str | None] = {}  # uid -> snapshot path, of events that ended
         self.dropped_detections = 0
 
     @property
     def rows(self) -> int:
-        return len(self.events) + len(self.detections) + len(self.system)
+        return len(self.events) + len(self.detections) + len(self.system) + len(self.ended)
 
     def estimated_bytes(self) -> int:
         """Roughly what committing the batch adds to the file."""
@@ -80,6 +98,10 @@ class Batch:
 
     def add_event(self, event: OpenEvent) -> None:
         self.events[event.uid] = event
+
+    def add_ended(self, uid: str, snapshot: str | None = None) -> None:
+        """The event will not change again: mark it ended (and set its snapshot path)."""
+        self.ended[uid] = snapshot
 
     def add_system(self, row: SystemRow) -> None:
         self.system.append(row)
@@ -124,6 +146,15 @@ class Batch:
                 # Some rows were pruned while their event stayed open: the upsert puts them
                 # back and is a plain update for the others.
                 conn.executemany(_INSERT_EVENT, map(_insert_row, updates))
+        if self.events:
+            now = time.time()
+            conn.executemany(_QUEUE_OUTBOX, ((now, uid) for uid in self.events))
+        if self.ended:
+            now = time.time()
+            snapshots = [(path, uid) for uid, path in self.ended.items() if path is not None]
+            if snapshots:
+                conn.executemany(_SET_SNAPSHOT, snapshots)
+            conn.executemany(_END_OUTBOX, ((now, uid) for uid in self.ended))
         if self.detections:
             conn.executemany(_INSERT_DETECTION, self.detections)
         if self.system:
@@ -132,6 +163,7 @@ class Batch:
 
     def clear(self) -> None:
         self.events.clear()
+        self.ended.clear()
         self.detections.clear()
         self.system.clear()
 

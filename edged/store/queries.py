@@ -35,6 +35,7 @@ EVENT_COLUMNS = (
     "frame_first",
     "frame_last",
     "track_id",  # schema v3; NULL on rows written before it (and on files not yet migrated)
+    "snapshot",  # schema v4: path of the event's JPEG, NULL when it has none
 )
 SYSTEM_EVENT_COLUMNS = ("id", "ts", "kind", "detail")
 TABLES = ("events", "detections", "system_events")
@@ -69,14 +70,29 @@ def query_events(
     label: str | None = None,
     source: str | None = None,
     limit: int = 1000,
+    until: float | None = None,
+    min_score: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Events newest first (by first_seen); `since` keeps events last seen at or after it.
+    """Events newest first (by first_seen); `since` keeps events last seen at or after it,
+    `until` those first seen before it (together: events that overlap the interval),
+    `min_score` those whose best score reaches it.
 
     Every row has every EVENT_COLUMNS key; track_id is None on events from before the tracker.
     """
-    where, args = _filters(("last_seen >= ?", since), ("label = ?", label), ("source = ?", source))
+    where, args = _filters(("last_seen >= ?", since), ("first_seen < ?", until),
+                           ("label = ?", label), ("source = ?", source),
+                           ("best_score >= ?", min_score))
     rest = f"{where} ORDER BY first_seen DESC, id DESC LIMIT ?"
     return _select(path, "events", EVENT_COLUMNS, rest, (*args, max(int(limit), 0)))
+
+
+def event_snapshot(path: Path, ref: str) -> dict[str, Any] | None:
+    """The event with id or uid `ref` as {id, uid, snapshot}; None when there is no such event.
+    `snapshot` is None when the event has no JPEG (snapshots off, or it was pruned)."""
+    key = int(ref) if ref.isdigit() else -1
+    rows = _select(path, "events", ("id", "uid", "snapshot"), " WHERE id = ? OR uid = ? LIMIT 1",
+                   (key, ref))
+    return rows[0] if rows else None
 
 
 def query_system_events(

@@ -107,10 +107,35 @@ V3_SQL: tuple[str, ...] = (
     "ALTER TABLE detections ADD COLUMN predicted INTEGER NOT NULL DEFAULT 0",
 )
 
+# v4: upstream sync and snapshots. `outbox` holds one row per event (`edged.store.outbox`):
+# `version` counts the writes of the event row (bumped in the same transaction), `ended` is set
+# once the event can no longer change, `sent_version` is the version the broker acknowledged.
+# The row id is the event id, and ON DELETE CASCADE (open_writer turns foreign keys on) makes
+# retention drop a pruned event's outbox row with it, so the backlog is bounded by retention.
+# The partial index holds only what is still to send. `events.snapshot` is the path of the
+# event's JPEG (`edged.store.snapshots`); the trigger queues the file of a deleted event for
+# removal, whichever path deleted it (age, size, make_room).
+V4_SQL: tuple[str, ...] = (
+    "CREATE TABLE outbox ("
+    " event_id INTEGER PRIMARY KEY REFERENCES events (id) ON DELETE CASCADE,"
+    " version INTEGER NOT NULL DEFAULT 1,"
+    " ended INTEGER NOT NULL DEFAULT 0,"
+    " sent_version INTEGER NOT NULL DEFAULT 0,"
+    " changed_at REAL NOT NULL,"
+    " sent_at REAL)",
+    "CREATE INDEX outbox_pending ON outbox (event_id) WHERE sent_version < version",
+    "ALTER TABLE events ADD COLUMN snapshot TEXT",
+    "CREATE TABLE snapshot_trash (path TEXT NOT NULL)",
+    "CREATE TRIGGER events_snapshot_trash AFTER DELETE ON events"
+    " WHEN old.snapshot IS NOT NULL"
+    " BEGIN INSERT INTO snapshot_trash (path) VALUES (old.snapshot); END",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "events and system_events", sql(*V1_SQL)),
     Migration(2, "detections table, time indexes", sql(*V2_SQL)),
     Migration(3, "tracks", sql(*V3_SQL)),
+    Migration(4, "outbox and snapshots", sql(*V4_SQL)),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -17,6 +17,7 @@ from edged.ipc.control import ControlBlock, Counter, Histogram, Slot, Worker
 from edged.ipc.frames import FrameHeader, FrameReader
 from edged.ipc.results import FrameResult, ResultWriter
 from edged.ipc.segment import Segment
+from edged.store.snapshots import SnapshotWriter
 from edged.vision.detections import Detections
 from edged.vision.detector import Detector, filter_detections
 from edged.vision.roi import inside_roi
@@ -87,6 +88,9 @@ class Inference:
                         for i, reader in enumerate(readers)]
         self.turn = 0
         self.paused = False
+        snaps = self.cfg.snapshots
+        self.snapshots = SnapshotWriter(snaps, self.cfg.store.event_gap_s) if snaps.enabled \
+            else None
         self.conf = self.cfg.detect.conf
         self._publish_conf()
 
@@ -169,7 +173,11 @@ class Inference:
         tracks = [t for t in source.tracker.update(dets, high_score=conf) if t.score >= conf]
         control.put(Counter.NEXT_TRACK_ID,
                     max(control.counter(Counter.NEXT_TRACK_ID), source.tracker.next_id))
-        self._emit(source, header, _as_detections(tracks), infer_us, detector.input_size, False)
+        emitted = self._emit(source, header, _as_detections(tracks), infer_us,
+                             detector.input_size, False)
+        if self.snapshots is not None:  # after the put: the result never waits for a JPEG
+            self.snapshots.offer(image, header.wall_ns / 1e9,
+                                 self.cfg.sources[source.index].name, emitted, self.names)
         control.add(Counter.FRAMES_INFERRED)
         control.add(Counter.INFER_US_TOTAL, infer_us)
         control.put(Counter.INFER_US_LAST, infer_us)
@@ -182,7 +190,7 @@ class Inference:
         self.control.add(Counter.FRAMES_PREDICTED)
 
     def _emit(self, source: SourceState, header: FrameHeader, dets: Detections, infer_us: int,
-              size: int, predicted: bool) -> None:
+              size: int, predicted: bool) -> Detections:
         src = self.cfg.sources[source.index]
         dets = filter_detections(dets, self.names, src.classes, src.min_score)
         if src.roi is not None:
@@ -192,6 +200,7 @@ class Inference:
                                     predicted))
         self.control.add(Counter.RESULTS_EMITTED)
         self.control.add(Counter.DETECTIONS_EMITTED, len(dets))
+        return dets
 
 
 def run(args: WorkerArgs) -> int:

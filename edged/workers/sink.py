@@ -12,6 +12,7 @@ from edged.ipc.results import ResultReader
 from edged.ipc.segment import Segment
 from edged.store import StoreError
 from edged.store.events import EventStore
+from edged.store.snapshots import SnapshotStore
 from edged.workers.base import WorkerArgs, setup_process
 
 log = structlog.get_logger()
@@ -26,7 +27,8 @@ def run(args: WorkerArgs) -> int:
     control, stop = ctx.control, ctx.stop
     reader = ResultReader(Segment.attach(args.ipc.results))
     cfg = args.config
-    store = EventStore.open(cfg.store.path, cfg.store)  # StoreError here: exit 69
+    snapshots = SnapshotStore(cfg.snapshots) if cfg.snapshots.enabled else None
+    store = EventStore.open(cfg.store.path, cfg.store, snapshots)  # StoreError: exit 69
     names = list(args.class_names)
     sources = [src.name for src in cfg.sources]
     control.set(_ME, Slot.LOOP_READY, 1)

@@ -168,16 +168,17 @@ def test_v2_file_is_migrated_to_tracks_with_rows_intact(tmp_path: Path) -> None:
     before = layout(path)
     with capture_logs() as logs:
         store = EventStore.open(path, cfg(path))
-    assert store.schema_version == LATEST_VERSION == 3
-    assert [(e["version"], e["name"]) for e in logs if e["event"] == "store.migrated"] == [
-        (3, "tracks")]  # fmt: skip
+    assert store.schema_version == LATEST_VERSION
+    migrated = [(e["version"], e["name"]) for e in logs if e["event"] == "store.migrated"]
+    assert migrated[0] == (3, "tracks")
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
-    assert [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY 1")] == [
-        1, 2, 3]  # fmt: skip
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
+    assert [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY 1")] == \
+        list(range(1, LATEST_VERSION + 1))
     # The new columns, and nothing else changed.
     after = layout(path)
-    assert after["events"] == [*before["events"], ("track_id", "INTEGER", 0, None, 0)]  # type: ignore[misc]
+    assert after["events"] == [*before["events"], ("track_id", "INTEGER", 0, None, 0),  # type: ignore[misc]
+                               ("snapshot", "TEXT", 0, None, 0)]  # v3, then v4
     assert after["detections"] == [
         *before["detections"],  # type: ignore[misc]
         ("track_id", "INTEGER", 0, None, 0),
