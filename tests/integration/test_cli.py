@@ -73,7 +73,7 @@ def test_check_config_prints_the_effective_config(pipeline_config: Callable[...,
     result = edged("check-config", str(pipeline_config()))
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout.split("\n", 1)[1])
-    assert body["detect"]["conf"] == 0.5 and body["source"]["mode"] == "lossless"
+    assert body["detect"]["conf"] == 0.5 and body["sources"][0]["mode"] == "lossless"
 
 
 def test_credentials_never_reach_the_logs(
