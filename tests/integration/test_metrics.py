@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.conftest import Daemon, _free_port
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _scrape(port: int) -> dict[str, float]:
@@ -24,6 +25,7 @@ def _scrape(port: int) -> dict[str, float]:
             assert all(s.name.endswith(("_total", "_created")) for s in family.samples)
         if family.type == "histogram":
             assert family.name.endswith("_seconds"), "durations are in base units"
+        values.setdefault(f"family:{family.name}", 0.0)  # present even with no samples yet
         for sample in family.samples:
             key = sample.name + "".join(f",{k}={v}" for k, v in sorted(sample.labels.items()))
             values[key] = sample.value
@@ -56,5 +58,11 @@ def test_metrics_move_during_a_run(
     assert second["edged_worker_up,worker=inference"] == 1.0
     assert "edged_queue_dropped_total,queue=frames" in second
     assert second["edged_db_size_bytes"] > 0
+    # Every series the shipped Grafana dashboard queries exists (the uplink ones need mqtt).
+    dashboard = (ROOT / "packaging" / "grafana-dashboard.json").read_text()
+    families = {key.removeprefix("family:") for key in second if key.startswith("family:")}
+    for name in set(re.findall(r"edged_[a-z_]+", dashboard)) - {"edged_outbox_backlog_events"}:
+        family = re.sub(r"_(bucket|sum|count|total)$", "", name)
+        assert family in families, f"dashboard queries {name}, which edged does not export"
     daemon.proc.terminate()
     assert daemon.wait(30) == 0
