@@ -134,12 +134,14 @@ def cmd_bench_model(args: argparse.Namespace) -> int:
     from edged.backends.base import ModelUnavailable
     from edged.tools.bench import bench_model, format_bench_table
     from edged.tools.detect import model_settings
+    from edged.tools.progress import tty_progress
 
     model, _ = model_settings(args, _model_config(args))
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else []
     try:
         result = bench_model(model, sizes, args.runs, args.warmup,
-                             Path(args.image) if args.image else None)
+                             Path(args.image) if args.image else None,
+                             progress=tty_progress("bench"))
     except ModelUnavailable as exc:
         return _fail(ExitCode.UNAVAILABLE, str(exc))
     if args.out:
@@ -217,11 +219,13 @@ def cmd_thermal(args: argparse.Namespace) -> int:
 def cmd_model_import_darknet(args: argparse.Namespace) -> int:
     from edged.tools.darknet import DarknetImportError, import_darknet
     from edged.tools.model_info import describe_model
+    from edged.tools.progress import tty_progress
 
     cfg = Path(args.cfg)
     names = Path(args.names) if args.names else None
     try:
-        out = import_darknet(cfg, Path(args.weights), Path(args.out), names)
+        out = import_darknet(cfg, Path(args.weights), Path(args.out), names,
+                             progress=tty_progress("import"))
     except (DarknetImportError, OSError) as exc:
         return _fail(ExitCode.UNAVAILABLE, str(exc))
     info = describe_model(out)

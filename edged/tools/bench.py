@@ -36,8 +36,11 @@ def bench_model(
     image: Path | None,
     *,
     detect: DetectConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Time `runs` inferences per input size after `warmup` untimed ones.
+
+    `progress(done, total)` is called after each timed inference (all sizes together).
 
     `image` None uses a seeded noise frame (inference time does not depend on content, but
     decode + NMS does: pass a real photo to see it). A fixed-size model only accepts its own
@@ -50,8 +53,16 @@ def bench_model(
     backend = create_backend(model)
     backend.load()
     layout_hint = backend.metadata.get("layout")
+    total, done = runs * len(sizes), [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if progress is not None and done[0] <= total:
+            progress(done[0], total)
+
     results = [
-        _bench_size(backend, frame, size, runs, warmup, detect, layout_hint) for size in sizes
+        _bench_size(backend, frame, size, runs, warmup, detect, layout_hint, tick)
+        for size in sizes
     ]
     described = backend.describe()
     return {
@@ -79,13 +90,22 @@ def _bench_size(
     warmup: int,
     detect: DetectConfig,
     layout_hint: str | None,
+    tick: Callable[[], None],
 ) -> dict[str, Any]:
     backend.set_input_size(size)
     letterboxer = Letterboxer(size)
     letterbox = _stats(_timed(lambda: letterboxer.letterbox(frame), runs, warmup))
     tensor = letterboxer.tensor
     output = backend.infer(tensor)
-    infer = _stats(_timed(lambda: backend.infer(tensor), runs, warmup))
+    warmed = [0]
+
+    def timed_infer() -> None:
+        backend.infer(tensor)
+        warmed[0] += 1
+        if warmed[0] > warmup:
+            tick()
+
+    infer = _stats(_timed(timed_infer, runs, warmup))
     layout = resolve_layout(output.shape, layout_hint)
 
     def post() -> int:
