@@ -30,21 +30,29 @@ class Backend(ABC):
 
     Construction is cheap; `load` does the slow part (parsing, optimising, building engines)
     so the caller can extend its watchdog grace around it. Everything else needs `load` first.
+    `load` sets `_spec` and `_metadata`.
     """
+
+    _spec: InputSpec | None = None
+    _metadata: dict[str, str]
 
     @abstractmethod
     def load(self) -> None:
         """Open the model; raises ModelUnavailable. Calling it again is a no-op."""
 
     @property
-    @abstractmethod
     def input_spec(self) -> InputSpec:
         """The current input (name, size, dynamic)."""
+        if self._spec is None:
+            raise RuntimeError("backend not loaded; call load() first")
+        return self._spec
 
     @property
-    @abstractmethod
     def metadata(self) -> dict[str, str]:
         """The model's key/value metadata (Ultralytics `names`, `imgsz`, our `layout`)."""
+        if self._spec is None:
+            raise RuntimeError("backend not loaded; call load() first")
+        return dict(self._metadata)
 
     @abstractmethod
     def infer(self, tensor: np.ndarray) -> np.ndarray:

@@ -56,18 +56,6 @@ class NcnnBackend(Backend):
             raise ModelUnavailable(f"{self.path}: input size unknown; set model.input_size")
         self._open(size)
 
-    @property
-    def input_spec(self) -> InputSpec:
-        if self._spec is None:
-            raise RuntimeError("backend not loaded; call load() first")
-        return self._spec
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        if self._net is None:
-            raise RuntimeError("backend not loaded; call load() first")
-        return dict(self._metadata)
-
     def set_input_size(self, size: int) -> None:
         spec = self.input_spec
         if size == spec.size:

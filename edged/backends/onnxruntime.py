@@ -102,18 +102,6 @@ class OnnxRuntimeBackend(Backend):
             load_ms=round((time.perf_counter() - started) * 1000, 1),
         )
 
-    @property
-    def input_spec(self) -> InputSpec:
-        if self._spec is None:
-            raise RuntimeError("backend not loaded; call load() first")
-        return self._spec
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        if self._session is None:
-            raise RuntimeError("backend not loaded; call load() first")
-        return dict(self._metadata)
-
     def set_input_size(self, size: int) -> None:
         spec = self.input_spec
         if not spec.dynamic:

@@ -128,18 +128,6 @@ class TensorRTBackend(Backend):
             self._context.set_tensor_address(name, int(memory))
         self._spec = InputSpec(spec.name, size, spec.dynamic)
 
-    @property
-    def input_spec(self) -> InputSpec:
-        if self._spec is None:
-            raise RuntimeError("backend not loaded; call load() first")
-        return self._spec
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        if self._engine is None:
-            raise RuntimeError("backend not loaded; call load() first")
-        return dict(self._metadata)
-
     def set_input_size(self, size: int) -> None:
         spec = self.input_spec
         if size == spec.size:
