@@ -29,7 +29,7 @@ from edged.config import StoreConfig
 from edged.store import retention
 from edged.store.batch import Batch
 from edged.store.capacity import SizeCap
-from edged.store.db import StoreError, describe, file_bytes
+from edged.store.db import StoreError, describe, file_bytes, write_transaction
 from edged.store.faults import Backoff, is_full, is_locked
 from edged.store.tracks import OpenEvent
 
@@ -114,17 +114,8 @@ class Committer:
         return self._committed(inserts, updates)
 
     def _transaction(self) -> tuple[list[OpenEvent], list[OpenEvent]]:
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            written = self._batch.write(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            # SQLITE_FULL may already have rolled the transaction back.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return written
+        with write_transaction(self._conn) as conn:
+            return self._batch.write(conn)
 
     def _commit_after_full(self, exc: sqlite3.Error) -> tuple[list[OpenEvent], list[OpenEvent]]:
         """Make room by pruning the oldest rows, then retry the commit once."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 # Opening and migrating (before the sink's loop starts) and the read side wait this long for a
@@ -30,6 +31,20 @@ JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
 
 class StoreError(Exception):
     """The store cannot be used; str() is one line naming the path and the fix."""
+
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """`BEGIN IMMEDIATE` ... `COMMIT`; on any error ROLLBACK (unless SQLite already did, as
+    it may on SQLITE_FULL) and re-raise. One call = one transaction = one fsync'd commit."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def open_writer(path: Path) -> sqlite3.Connection:

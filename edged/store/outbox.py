@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edged.store.db import WRITE_BUSY_TIMEOUT_MS, StoreError, describe
+from edged.store.db import WRITE_BUSY_TIMEOUT_MS, StoreError, describe, write_transaction
 from edged.store.faults import is_locked
 from edged.store.schema import schema_version
 
@@ -64,14 +64,8 @@ def end_all(conn: sqlite3.Connection, now_wall: float) -> int:
 
     For a sink that has just started: it holds no open event, so none of the events in the
     file can change again (a track seen again starts a new event)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(conn):
         count = conn.execute(_END_ALL, (now_wall,)).rowcount
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return max(count, 0)
 
 
@@ -133,14 +127,8 @@ class Outbox:
             return 0
         conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with write_transaction(conn):
                 conn.executemany(_MARK_SENT, params)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             if is_locked(exc):  # the sink's commit, most likely: brief, and retried
                 raise StoreError(f"{self.path}: locked by another writer ({exc})") from None

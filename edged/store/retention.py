@@ -28,7 +28,7 @@ import structlog
 
 from edged.config import StoreConfig
 from edged.store.capacity import SizeCap, page_count
-from edged.store.db import file_bytes
+from edged.store.db import file_bytes, write_transaction
 
 log = structlog.get_logger()
 
@@ -197,14 +197,8 @@ def _delete_chunked(
     )
     total = 0
     while True:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(conn):
             count = conn.execute(statement, (cutoff,)).rowcount
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         total += max(count, 0)
         if count < CHUNK_ROWS:
             return total

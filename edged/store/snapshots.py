@@ -35,6 +35,7 @@ import numpy as np
 import structlog
 
 from edged.config import SnapshotConfig
+from edged.store.db import write_transaction
 from edged.vision.detections import Detections
 
 log = structlog.get_logger()
@@ -223,8 +224,8 @@ class SnapshotStore:
                     os.unlink(path)
                     deleted += 1
                 done.append((event_id,))  # a file already gone loses its path too
-            _in_transaction(conn, lambda c, done=done: c.executemany(
-                "UPDATE events SET snapshot = NULL WHERE id = ?", done))
+            with write_transaction(conn):
+                conn.executemany("UPDATE events SET snapshot = NULL WHERE id = ?", done)
         if deleted:
             log.info("snapshot.pruned", files=deleted, reason="size", limit_bytes=cap)
         return deleted
@@ -246,19 +247,9 @@ def collect_trash(conn: sqlite3.Connection) -> int:
                 pass
             except OSError as exc:
                 log.warning("snapshot.delete_failed", path=path, error=str(exc))
-        _in_transaction(conn, lambda c, rows=rows: c.executemany(
-            "DELETE FROM snapshot_trash WHERE rowid = ?", [(r[0],) for r in rows]))
-
-
-def _in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], object]) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        work(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+        with write_transaction(conn):
+            conn.executemany("DELETE FROM snapshot_trash WHERE rowid = ?",
+                             [(r[0],) for r in rows])
 
 
 def _folder_bytes(root: Path) -> int:
